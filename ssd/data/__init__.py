@@ -1,0 +1,1 @@
+"""Datasets: annotation readers (records), image datasets, transforms and loaders."""

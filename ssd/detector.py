@@ -1,0 +1,108 @@
+"""`Detector`: images in, `Detections` (xyxy, original pixels) out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+from torch import Tensor
+
+from ssd.config import Config
+from ssd.engine.checkpoint import load_checkpoint
+from ssd.modeling.build import build_model
+from ssd.postprocess import postprocess
+from ssd.structures import Detections
+
+ImageLike = Tensor | np.ndarray | Image.Image
+
+
+def to_uint8_chw(image: ImageLike) -> Tensor:
+    """PIL image, HWC numpy array (RGB) or CHW tensor -> uint8 [3, H, W] tensor."""
+    if isinstance(image, Image.Image):
+        return TF.pil_to_tensor(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        arr = image if image.ndim == 3 else image[..., None]
+        t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+    else:
+        t = image
+    if t.dim() != 3:
+        raise ValueError(f"expected an image with 3 dims, got shape {tuple(t.shape)}")
+    if t.shape[0] == 1:
+        t = t.expand(3, -1, -1)
+    if t.shape[0] != 3:
+        raise ValueError(f"expected 1 or 3 channels, got shape {tuple(t.shape)}")
+    if t.dtype != torch.uint8:
+        t = (t.float().clamp(0, 1) * 255).round().to(torch.uint8) if t.is_floating_point() else t.to(torch.uint8)
+    return t
+
+
+def preprocess(
+    images: Sequence[Tensor], size: int, mean: Sequence[float], std: Sequence[float], device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """uint8 [3, H, W] images -> normalised float [B, 3, size, size] (warped, as SSD does) and
+    their original sizes [B, 2] (height, width). Resizing runs on `device`."""
+    batch, sizes = [], []
+    for img in images:
+        sizes.append((img.shape[-2], img.shape[-1]))
+        x = img.to(device, non_blocking=True)
+        x = TF.resize(x, [size, size], antialias=True)
+        batch.append(x)
+    x = torch.stack(batch).float().div_(255.0)
+    x = TF.normalize(x, list(mean), list(std))
+    return x, torch.tensor(sizes, dtype=torch.float32, device=device)
+
+
+class Detector:
+    """Pre-processing, model, decode, NMS and rescaling in one callable.
+
+    `Detector(cfg, checkpoint=None, device="cpu")(images) -> list[Detections]`; boxes are xyxy in
+    the pixels of each original image, labels in 1..C-1 (`class_names[label - 1]`).
+    """
+
+    def __init__(self, cfg: Config, checkpoint: str | Path | None = None, device: str | torch.device = "cpu"):
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.model = build_model(cfg)
+        if checkpoint is not None:
+            state: dict[str, Any] = load_checkpoint(checkpoint)
+            load_model_state(self.model, state["model"], str(checkpoint))
+        self.model.priors.freeze()
+        self.model.to(self.device).eval()
+        self.class_names = cfg.data.classes
+
+    @torch.inference_mode()
+    def __call__(self, images: Sequence[ImageLike]) -> list[Detections]:
+        if not images:
+            return []
+        tensors = [to_uint8_chw(im) for im in images]
+        c = self.cfg
+        x, sizes = preprocess(tensors, c.priors.image_size, c.input.mean, c.input.std, self.device)
+        outputs = self.model(x)
+        pp = c.postprocess
+        return postprocess(
+            outputs,
+            self.model.priors(),
+            sizes,
+            variances=c.priors.variances,
+            score_threshold=pp.score_threshold,
+            nms_iou=pp.nms_iou,
+            top_k=pp.top_k,
+            max_detections=pp.max_detections,
+        )
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, Tensor], source: str) -> None:
+    """Strict state-dict load with an error that names the checkpoint and the mismatching keys."""
+    result = model.load_state_dict(state, strict=False)
+    problems = []
+    if result.missing_keys:
+        problems.append(f"missing {result.missing_keys[:5]}")
+    if result.unexpected_keys:
+        problems.append(f"unexpected {result.unexpected_keys[:5]}")
+    if problems:
+        raise ValueError(f"{source}: checkpoint does not fit the configured model: {'; '.join(problems)}")

@@ -1,0 +1,1 @@
+"""Training loop, evaluation driver, checkpoints and benchmarks."""

@@ -1,0 +1,64 @@
+"""Config -> model."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from ssd.config import Config, ConfigError
+from ssd.modeling.head import SSDHead
+from ssd.modeling.ssd import SSD
+from ssd.modeling.vgg import VGG16Backbone, feature_map_sizes
+from ssd.priors.generator import flat_shapes, layout_from_config, shapes_per_level
+from ssd.priors.learnable import PriorBoxes
+
+log = logging.getLogger(__name__)
+
+
+def build_prior_boxes(cfg: Config) -> PriorBoxes:
+    p = cfg.priors
+    levels = shapes_per_level(p)
+    return PriorBoxes(
+        layout_from_config(p), flat_shapes(levels, p.image_size), clip=p.clip, learnable=p.learnable
+    )
+
+
+def build_model(cfg: Config) -> SSD:
+    """Build the SSD512 model of a config (weights random unless `model.pretrained` is set)."""
+    p = cfg.priors
+    expected = feature_map_sizes(p.image_size)
+    if list(p.feature_maps) != expected:
+        raise ConfigError(
+            f"priors.feature_maps: {list(p.feature_maps)} does not match the SSD512 network at "
+            f"priors.image_size={p.image_size}, which produces {expected}"
+        )
+    m = cfg.model
+    backbone = VGG16Backbone(m.batch_norm, m.width_mult, m.l2norm_scale)
+    if m.pretrained:
+        path = Path(m.pretrained)
+        if m.width_mult != 1.0:
+            raise ConfigError("model.pretrained: ImageNet weights need model.width_mult = 1")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError) as exc:
+            raise ConfigError(f"model.pretrained: cannot load {path}: {exc}") from exc
+        if not isinstance(state, dict) or "classifier.0.weight" not in state:
+            raise ConfigError(
+                f"model.pretrained: {path} is not a torchvision VGG-16 state dict "
+                "(no 'classifier.0.weight')"
+            )
+        try:
+            loaded = backbone.load_torchvision_vgg16(state)
+        except (ValueError, KeyError) as exc:
+            raise ConfigError(f"model.pretrained: {path}: {exc}") from exc
+        log.info("loaded %d tensors of ImageNet VGG-16 from %s", len(loaded), path)
+    priors = build_prior_boxes(cfg)
+    head = SSDHead(
+        backbone.out_channels,
+        priors.layout.num_shapes,
+        cfg.num_classes,
+        wh_batchnorm=p.learnable and p.learn.bn_no_shift,
+    )
+    return SSD(backbone, head, priors)

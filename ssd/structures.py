@@ -1,0 +1,59 @@
+"""Data carried across stage boundaries (shapes: B batch, P priors, C classes, G ground truth)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class HeadOutputs:
+    """Raw network outputs: `cls_logits` [B, P, C] and `box_deltas` [B, P, 4] (encoded offsets)."""
+
+    cls_logits: Tensor
+    box_deltas: Tensor
+
+
+@dataclass
+class Targets:
+    """Ground truth for a batch: per image `boxes` [G, 4] xyxy relative to the network input and
+    `labels` [G] in 1..C-1. `difficult` [G] bool (excluded from evaluation, kept for training only
+    when the data config asks)."""
+
+    boxes: list[Tensor]
+    labels: list[Tensor]
+
+    def to(self, device: torch.device | str) -> Targets:
+        return Targets(
+            [b.to(device, non_blocking=True) for b in self.boxes],
+            [lab.to(device, non_blocking=True) for lab in self.labels],
+        )
+
+
+@dataclass
+class Batch:
+    """A collated batch: `images` [B, 3, S, S] float (normalised), targets in input-relative xyxy,
+    `image_ids` and `orig_sizes` [B, 2] as (height, width) of the original images."""
+
+    images: Tensor
+    targets: Targets
+    image_ids: list[str]
+    orig_sizes: Tensor
+
+
+@dataclass
+class Detections:
+    """Detections of one image: `boxes` [K, 4] xyxy in original-image pixels, `scores` [K],
+    `labels` [K] in 1..C-1, sorted by decreasing score."""
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    def to(self, device: torch.device | str) -> Detections:
+        return Detections(self.boxes.to(device), self.scores.to(device), self.labels.to(device))
