@@ -9,6 +9,7 @@ takes plain arguments.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -39,6 +40,9 @@ class ModelConfig:
     l2norm_scale: float = 20.0
     # Path to a torchvision ImageNet VGG-16 (or VGG-16-BN) state dict; fc6/fc7 are subsampled.
     pretrained: str | None = None
+    # Batch norm without shift on the predicted w/h offsets (Zhong et al.). None = automatic:
+    # on when priors.learnable and priors.learn.bn_no_shift.
+    wh_batchnorm: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -184,6 +188,9 @@ class Config:
 
 # --------------------------------------------------------------------------- conversion
 
+# Exponent notation that YAML 1.2 reads as a float but PyYAML (YAML 1.1) as a string: `1e-3`, `5E+4`.
+_YAML12_FLOAT = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
 
 def _convert(value: Any, tp: Any, key: str) -> Any:
     """Convert a YAML value to the annotated type `tp`, or raise ConfigError naming `key`."""
@@ -228,6 +235,9 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        # PyYAML follows YAML 1.1, where `1e-3` (no dot) is a string, not a float: accept it.
+        if isinstance(value, str) and _YAML12_FLOAT.fullmatch(value.strip()):
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)

@@ -37,7 +37,9 @@ def to_uint8_chw(image: ImageLike) -> Tensor:
     if t.shape[0] != 3:
         raise ValueError(f"expected 1 or 3 channels, got shape {tuple(t.shape)}")
     if t.dtype != torch.uint8:
-        t = (t.float().clamp(0, 1) * 255).round().to(torch.uint8) if t.is_floating_point() else t.to(torch.uint8)
+        if t.is_floating_point():  # float images are taken as [0, 1]
+            t = (t.float().clamp(0, 1) * 255).round()
+        t = t.to(torch.uint8)
     return t
 
 

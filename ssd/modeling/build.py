@@ -25,6 +25,12 @@ def build_prior_boxes(cfg: Config) -> PriorBoxes:
     )
 
 
+def uses_wh_batchnorm(cfg: Config) -> bool:
+    if cfg.model.wh_batchnorm is not None:
+        return cfg.model.wh_batchnorm
+    return cfg.priors.learnable and cfg.priors.learn.bn_no_shift
+
+
 def build_model(cfg: Config) -> SSD:
     """Build the SSD512 model of a config (weights random unless `model.pretrained` is set)."""
     p = cfg.priors
@@ -59,6 +65,6 @@ def build_model(cfg: Config) -> SSD:
         backbone.out_channels,
         priors.layout.num_shapes,
         cfg.num_classes,
-        wh_batchnorm=p.learnable and p.learn.bn_no_shift,
+        wh_batchnorm=uses_wh_batchnorm(cfg),
     )
     return SSD(backbone, head, priors)

@@ -48,7 +48,8 @@ class SSDHead(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward(self, features: Sequence[Tensor]) -> HeadOutputs:
         b = features[0].shape[0]

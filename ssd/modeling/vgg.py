@@ -28,7 +28,7 @@ _EXTRAS512: list[tuple[int, int, int, int, int]] = [
 
 
 def scaled(channels: int, width_mult: float) -> int:
-    return max(8, int(round(channels * width_mult)))
+    return max(8, round(channels * width_mult))
 
 
 def feature_map_sizes(image_size: int) -> list[int]:
@@ -55,8 +55,18 @@ class L2Norm(nn.Module):
         return F.normalize(x, dim=1, eps=1e-10) * self.weight[None, :, None, None]
 
 
-def _conv(cin: int, cout: int, batch_norm: bool, **kw: int) -> list[nn.Module]:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, bias=not batch_norm, **kw)]
+def _conv(
+    cin: int,
+    cout: int,
+    batch_norm: bool,
+    kernel_size: int,
+    stride: int = 1,
+    padding: int = 0,
+    dilation: int = 1,
+) -> list[nn.Module]:
+    layers: list[nn.Module] = [
+        nn.Conv2d(cin, cout, kernel_size, stride, padding, dilation, bias=not batch_norm)
+    ]
     if batch_norm:
         layers.append(nn.BatchNorm2d(cout))
     layers.append(nn.ReLU(inplace=True))
@@ -146,7 +156,9 @@ class VGG16Backbone(nn.Module):
             if w is None:
                 continue
             src_kinds.append((i, "conv" if w.dim() == 4 else "bn"))
-        dst = [(j, m) for j, m in enumerate(self.features) if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
+        dst = [
+            (j, m) for j, m in enumerate(self.features) if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))
+        ]
         src_convs = [i for i, kind in src_kinds if kind == "conv"]
         dst_convs = [m for _, m in dst if isinstance(m, nn.Conv2d)]
         if len(src_convs) != len(dst_convs):
@@ -172,8 +184,9 @@ class VGG16Backbone(nn.Module):
         if dst_bns and len(src_bns) == len(dst_bns):
             for i, bn in zip(src_bns, dst_bns):
                 assert bn.running_mean is not None and bn.running_var is not None
-                for attr, t in (("weight", bn.weight), ("bias", bn.bias),
-                                ("running_mean", bn.running_mean), ("running_var", bn.running_var)):  # fmt: skip
+                tensors = {"weight": bn.weight, "bias": bn.bias,
+                           "running_mean": bn.running_mean, "running_var": bn.running_var}  # fmt: skip
+                for attr, t in tensors.items():
                     copy(t, state_dict[f"features.{i}.{attr}"], f"features.{i}.{attr}")
         fc6_w = state_dict["classifier.0.weight"].view(4096, 512, 7, 7)[::4, :, ::3, ::3]
         fc6_b = state_dict["classifier.0.bias"][::4]

@@ -119,7 +119,12 @@ def layout_from_config(cfg: PriorsConfig) -> PriorLayout:
 
 
 def generate_priors(cfg: PriorsConfig) -> Tensor:
-    """All priors of a config: [P, 4] cxcywh relative to the network input."""
+    """All priors of a config: [P, 4] cxcywh relative to the network input.
+
+    Shapes go through log/exp exactly as in the model's `PriorBoxes` (which stores log w/h), so
+    this equals `build_model(cfg).priors()` bit for bit.
+    """
     levels = shapes_per_level(cfg)
     layout = prior_layout(cfg.feature_maps, cfg.steps, [len(s) for s in levels], cfg.image_size)
-    return assemble_priors(layout, flat_shapes(levels, cfg.image_size), clip=cfg.clip)
+    wh = flat_shapes(levels, cfg.image_size).log().exp()
+    return assemble_priors(layout, wh, clip=cfg.clip)

@@ -7,16 +7,29 @@ so a checkpoint of a learned-prior run loads into a fixed-prior model and vice v
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
+from typing import TYPE_CHECKING, Any
 
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import box_iou
+
+from ssd.boxes import cxcywh_to_xyxy, xyxy_to_cxcywh
+from ssd.losses import LossOutput, MultiBoxLoss
+from ssd.priors.coder import encode
 from ssd.priors.generator import PriorLayout, assemble_priors
+from ssd.structures import HeadOutputs, Targets
+
+if TYPE_CHECKING:
+    from ssd.config import Config
 
 
 class PriorBoxes(nn.Module):
     """`forward()` -> priors [P, 4] cxcywh relative; differentiable in the shapes when learnable."""
 
     log_wh: Tensor
+    _centers: Tensor
+    _shape_index: Tensor
 
     def __init__(self, layout: PriorLayout, shapes_wh: Tensor, clip: bool = False, learnable: bool = False):
         super().__init__()
@@ -59,3 +72,145 @@ class PriorBoxes(nn.Module):
         del self.log_wh
         self.register_buffer("log_wh", data)
         self.learnable = False
+
+
+# --------------------------------------------------------------------------- training aids
+
+
+def _linear_anneal(start: float, it: int, warmup_iters: int) -> float:
+    """`start` at iteration 0 falling linearly to 0 at `warmup_iters` (0 afterwards)."""
+    if warmup_iters <= 0 or it >= warmup_iters:
+        return 0.0
+    return start * (1.0 - it / warmup_iters)
+
+
+class PriorAids:
+    """The warm-up aids of Zhong et al. for learnable priors (sec. 3.2-3.3), used by the loop.
+
+    * soft assignment: during warm-up the localisation loss of each ground truth is spread over
+      the priors of the cell that contains its centre, one per distinct shape (all levels), with
+      weights softmax(-(1 - IoU) / T); T falls linearly from `temperature_start` to 0 over
+      `warmup_iters`, after which the usual hard matching alone is used. Every shape therefore
+      receives gradient early, not only the ones that already match well.
+    * online clustering: lambda * mean ||log wh(prior) - log wh(gt)||^2 over matched pairs, with
+      lambda falling linearly from `clustering_weight_start` to 0 over the warm-up: a k-means
+      step on the shapes folded into the loss.
+    (The third aid, batch norm without shift on the w/h offsets, lives in the head.)
+    """
+
+    def __init__(
+        self,
+        layout: PriorLayout,
+        variances: tuple[float, float],
+        warmup_iters: int,
+        soft_assignment: bool = True,
+        temperature_start: float = 2.0,
+        online_clustering: bool = True,
+        clustering_weight_start: float = 1.0,
+        loc_weight: float = 1.0,
+    ) -> None:
+        self.layout = layout
+        self.variances = variances
+        self.warmup_iters = warmup_iters
+        self.soft_assignment = soft_assignment
+        self.temperature_start = temperature_start
+        self.online_clustering = online_clustering
+        self.clustering_weight_start = clustering_weight_start
+        self.loc_weight = loc_weight
+        starts, offset = [], 0
+        for f, a in zip(layout.feature_maps, layout.num_shapes):
+            starts.append(offset)
+            offset += f * f * a
+        self._level_start = starts
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> PriorAids:
+        from ssd.priors.generator import layout_from_config
+
+        lp = cfg.priors.learn
+        return cls(
+            layout_from_config(cfg.priors),
+            cfg.priors.variances,
+            lp.warmup_iters,
+            lp.soft_assignment,
+            lp.temperature_start,
+            lp.online_clustering,
+            lp.clustering_weight_start,
+            cfg.loss.loc_weight,
+        )
+
+    def temperature(self, it: int) -> float:
+        """Soft-assignment temperature at iteration `it` (0 once the warm-up is over)."""
+        return _linear_anneal(self.temperature_start, it, self.warmup_iters) if self.soft_assignment else 0.0
+
+    def clustering_weight(self, it: int) -> float:
+        """Online-clustering weight lambda at iteration `it` (0 once the warm-up is over)."""
+        if not self.online_clustering:
+            return 0.0
+        return _linear_anneal(self.clustering_weight_start, it, self.warmup_iters)
+
+    def cell_priors(self, centers: Tensor) -> Tensor:
+        """Indices [G, S] of the priors, one per distinct shape, in the cells (of every level)
+        that contain each centre [G, 2] (relative cx, cy)."""
+        cols = []
+        lay = self.layout
+        for start, f, step, a in zip(self._level_start, lay.feature_maps, lay.steps, lay.num_shapes):
+            cell = (centers * lay.image_size / step).floor().long().clamp(0, f - 1)
+            base = start + (cell[:, 1] * f + cell[:, 0]) * a
+            cols.append(base[:, None] + torch.arange(a, device=centers.device)[None, :])
+        return torch.cat(cols, dim=1)
+
+    def soft_loc_loss(self, deltas: Tensor, targets: Targets, priors: Tensor, temperature: float) -> Tensor:
+        """Soft-assigned smooth-L1 localisation loss, averaged over ground truth."""
+        gt_boxes = torch.cat([b.to(deltas.device, torch.float32) for b in targets.boxes])
+        if gt_boxes.numel() == 0:
+            return deltas.sum() * 0.0
+        img = torch.cat(
+            [torch.full((len(b),), i, device=deltas.device) for i, b in enumerate(targets.boxes)]
+        )
+        g = gt_boxes.shape[0]
+        idx = self.cell_priors(xyxy_to_cxcywh(gt_boxes)[:, :2])  # [G, S]
+        s = idx.shape[1]
+        cand = priors[idx]  # [G, S, 4] cxcywh (carries the shape gradient)
+        with torch.no_grad():
+            iou = box_iou(gt_boxes, cxcywh_to_xyxy(cand.reshape(-1, 4)))  # [G, G*S]
+            iou = iou.view(g, g, s)[torch.arange(g), torch.arange(g)]  # [G, S] own cell only
+            weights = torch.softmax(-(1.0 - iou) / max(temperature, 1e-3), dim=1)
+        target = encode(gt_boxes[:, None, :].expand(g, s, 4), cand, self.variances)
+        pred = deltas.float()[img[:, None], idx]  # [G, S, 4]
+        per = F.smooth_l1_loss(pred, target, reduction="none").sum(-1)
+        return (weights * per).sum() / g
+
+    def loss(
+        self, criterion: MultiBoxLoss, outputs: HeadOutputs, targets: Targets, priors: Tensor, it: int
+    ) -> tuple[LossOutput, dict[str, Tensor]]:
+        """MultiBox loss with the warm-up aids of iteration `it`; returns (loss, extra terms)."""
+        result = criterion(outputs, targets, priors)
+        extra: dict[str, Tensor] = {}
+        t = self.temperature(it)
+        if t > 0:
+            soft = self.soft_loc_loss(outputs.box_deltas, targets, priors, t)
+            result = LossOutput(
+                total=self.loc_weight * soft + result.cls,
+                loc=soft,
+                cls=result.cls,
+                num_pos=result.num_pos,
+                match=result.match,
+            )
+        lam = self.clustering_weight(it)
+        if lam > 0:
+            pos = result.match.labels > 0
+            if bool(pos.any()):
+                gt_wh = xyxy_to_cxcywh(result.match.boxes[pos])[:, 2:].clamp_min(1e-6)
+                prior_wh = priors.expand(pos.shape[0], -1, -1)[pos][:, 2:]
+                extra["cluster"] = lam * (prior_wh.log() - gt_wh.log()).pow(2).sum(-1).mean()
+        return result, extra
+
+    def log_shapes(self, writer: Any, model: nn.Module, it: int) -> None:
+        """Current shapes (input pixels) to TensorBoard, one w/h pair per shape and level."""
+        priors_module = getattr(model, "priors", None)
+        if not isinstance(priors_module, PriorBoxes):
+            return
+        for level, shapes in enumerate(priors_module.level_shapes_px()):
+            for k, (w, h) in enumerate(shapes):
+                writer.add_scalars(f"priors/level{level}_shape{k}", {"w": w, "h": h}, it)

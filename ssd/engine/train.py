@@ -1,0 +1,433 @@
+"""The training loop, top to bottom: build -> (resume) -> iterate -> evaluate/checkpoint -> finish.
+
+Everything a run needs to continue exactly is in its checkpoint: model, optimizer, scheduler, AMP
+scaler, iteration, RNG states and the resolved config. The data order and augmentation of
+iteration i depend only on (seed, i) (see `ssd.data.loader.TrainBatchSampler`), so a resumed run
+sees the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import torch
+from torch import nn
+
+from ssd.config import Config, config_from_dict, config_to_dict, save_config
+from ssd.data.loader import build_train_loader
+from ssd.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ssd.losses import LossOutput, MultiBoxLoss
+from ssd.modeling.build import build_model
+from ssd.modeling.ssd import SSD
+from ssd.priors.learnable import PriorAids
+from ssd.structures import Batch
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, dict[str, float]], None]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. too many non-finite losses in a row)."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT/SIGTERM arrived; a checkpoint was written before this was raised."""
+
+    def __init__(self, checkpoint: Path, iteration: int) -> None:
+        super().__init__(f"interrupted at iteration {iteration}; checkpoint written to {checkpoint}")
+        self.checkpoint = checkpoint
+        self.iteration = iteration
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    iteration: int
+    last_checkpoint: Path
+    best_checkpoint: Path | None
+    best_map: float | None
+    final_metrics: dict[str, Any] | None
+    skipped_steps: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    learned_config: Path | None = None
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def lr_factor(it: int, cfg: Config) -> float:
+    """Learning-rate multiplier at iteration `it`: linear warm-up from `warmup_factor`, then
+    multistep decay by `gamma` at each milestone or cosine decay to zero at `max_iters`."""
+    t = cfg.train
+    if t.schedule == "multistep":
+        factor = t.gamma ** sum(it >= m for m in t.milestones)
+    else:
+        span = max(t.max_iters - t.warmup_iters, 1)
+        progress = min(max(it - t.warmup_iters, 0) / span, 1.0)
+        factor = 0.5 * (1.0 + math.cos(math.pi * progress))
+    if it < t.warmup_iters:
+        alpha = it / t.warmup_iters
+        factor *= t.warmup_factor * (1 - alpha) + alpha
+    return factor
+
+
+def build_optimizer(model: SSD, cfg: Config) -> torch.optim.Optimizer:
+    """SGD with momentum; learnable prior shapes get their own group (lr multiplier, no decay);
+    biases and normalisation parameters are not decayed."""
+    decay, no_decay, shapes = [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name.startswith("priors."):
+            shapes.append(p)
+        elif p.ndim <= 1:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    t = cfg.train
+    groups: list[dict[str, Any]] = [
+        {"params": decay, "weight_decay": t.weight_decay, "lr_mult": 1.0},
+        {"params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0},
+    ]
+    if shapes:
+        groups.append({"params": shapes, "weight_decay": 0.0, "lr_mult": cfg.priors.learn.lr_mult})
+    for g in groups:
+        g["lr"] = t.lr * g["lr_mult"]
+    fused = torch.cuda.is_available() and next(model.parameters()).is_cuda
+    return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, fused=fused or None)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, factor: float) -> float:
+    for g in optimizer.param_groups:
+        g["lr"] = base_lr * factor * g.get("lr_mult", 1.0)
+    return base_lr * factor
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _autocast(cfg: Config, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    if cfg.train.amp == "none" or device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if cfg.train.amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class _SignalGuard:
+    """Turns SIGINT/SIGTERM into a flag checked between steps (so a checkpoint can be written)."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        self.received = signum
+
+    def __enter__(self) -> _SignalGuard:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(
+    cfg: Config,
+    output_dir: str | Path,
+    device: str | torch.device = "cpu",
+    resume: bool | str | Path = False,
+    progress: ProgressFn | None = None,
+    evaluate_fn: Callable[[SSD, Config, torch.device], dict[str, Any]] | None = None,
+) -> TrainResult:
+    """Train `cfg` into `output_dir` (config.yaml, last.pt, best.pt, metrics.jsonl, tb/).
+
+    `resume=True` continues from `output_dir/last.pt` (a path selects another checkpoint); the
+    checkpoint's config must equal `cfg` except for `train.max_iters`. `evaluate_fn(model, cfg,
+    device)` returns metrics with "mAP" (defaults to `ssd.engine.evaluate.evaluate_model` on the
+    val split). `progress(iteration, scalars)` is called every step (the CLI's tqdm bar).
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(device)
+    torch.manual_seed(cfg.seed)  # model initialisation; data randomness has its own generators
+
+    model = build_model(cfg).to(dev)
+    if cfg.train.channels_last and dev.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg)
+    scaler = torch.amp.GradScaler(dev.type, enabled=cfg.train.amp == "fp16" and dev.type == "cuda")
+    criterion = MultiBoxLoss(
+        cfg.matcher.iou_threshold, cfg.loss.neg_pos_ratio, cfg.priors.variances, cfg.loss.loc_weight
+    )
+    aids = PriorAids.from_config(cfg) if cfg.priors.learnable else None
+
+    start = 0
+    best_map: float | None = None
+    skipped_total = 0
+    last_path = out / "last.pt"
+    best_path = out / "best.pt"
+    if resume:
+        ckpt_path = last_path if resume is True else Path(resume)
+        state = load_checkpoint(ckpt_path, map_location=dev)
+        _check_resume_config(state, cfg, ckpt_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        start = int(state["iteration"])
+        best_map = state.get("best_map")
+        skipped_total = int(state.get("skipped_steps", 0))
+        log.info("resumed from %s at iteration %d", ckpt_path, start)
+    else:
+        save_config(cfg, out / "config.yaml")
+
+    writer = _summary_writer(out / "tb")
+    metrics_file = (out / "metrics.jsonl").open("a", encoding="utf-8")
+    history: list[dict[str, float]] = []
+
+    def checkpoint(it: int, path: Path) -> Path:
+        return save_checkpoint(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                "iteration": it,
+                "rng": rng_state(),
+                "config": config_to_dict(cfg),
+                "best_map": best_map,
+                "skipped_steps": skipped_total,
+            },
+            path,
+        )
+
+    if evaluate_fn is None:
+        from ssd.engine.evaluate import evaluate_model
+
+        def evaluate_fn(m: SSD, c: Config, d: torch.device) -> dict[str, Any]:
+            return evaluate_model(m, c, "val", d)
+
+    final_metrics: dict[str, Any] | None = None
+    it = start
+    bad_in_row = 0
+    loader = build_train_loader(cfg, start_iteration=start) if start < cfg.train.max_iters else None
+    batches: Iterator[Batch] = iter(loader) if loader is not None else iter(())
+    t_last = time.perf_counter()
+    try:
+        with _SignalGuard() as guard:
+            while it < cfg.train.max_iters:
+                if guard.received is not None:
+                    path = checkpoint(it, last_path)
+                    log.warning("signal %d: checkpoint written at iteration %d", guard.received, it)
+                    raise TrainingInterrupted(path, it)
+                batch = next(batches)
+                model.train()
+                lr = set_lr(optimizer, cfg.train.lr, lr_factor(it, cfg))
+                images = batch.images.to(dev, non_blocking=True)
+                if cfg.train.channels_last and dev.type == "cuda":
+                    images = images.contiguous(memory_format=torch.channels_last)
+                targets = batch.targets.to(dev)
+                with _autocast(cfg, dev):
+                    outputs = model(images)
+                priors = model.priors()
+                if aids is not None:
+                    result, extra = aids.loss(criterion, outputs, targets, priors, it)
+                else:
+                    result, extra = criterion(outputs, targets, priors), {}
+                loss = result.total + sum(extra.values(), torch.zeros((), device=dev))
+                if not torch.isfinite(loss):
+                    bad_in_row += 1
+                    skipped_total += 1
+                    optimizer.zero_grad(set_to_none=True)
+                    log.warning(
+                        "iteration %d: non-finite loss (%s); step skipped (%d in a row, %d in all)",
+                        it, float(loss), bad_in_row, skipped_total,
+                    )  # fmt: skip
+                    writer.add_scalar("train/skipped_steps", skipped_total, it)
+                    if bad_in_row >= cfg.train.max_bad_steps:
+                        raise TrainingError(
+                            f"{bad_in_row} non-finite losses in a row at iteration {it} "
+                            f"(train.max_bad_steps={cfg.train.max_bad_steps}); lower train.lr, check "
+                            "the data with tools/check_dataset.py, or set train.grad_clip"
+                        )
+                    it += 1
+                    continue
+                bad_in_row = 0
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.train.grad_clip is not None:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                it += 1
+
+                scalars = _scalars(result, extra, lr)
+                history.append({"iteration": it, **scalars})
+                if progress is not None:
+                    progress(it, scalars)
+                if it % cfg.train.log_every == 0 or it == cfg.train.max_iters:
+                    now = time.perf_counter()
+                    scalars["sec_per_iter"] = (now - t_last) / cfg.train.log_every
+                    t_last = now
+                    for k, v in scalars.items():
+                        writer.add_scalar(f"train/{k}", v, it)
+                    if aids is not None:
+                        aids.log_shapes(writer, model, it)
+                    metrics_file.write(json.dumps({"iteration": it, **scalars}) + "\n")
+                    metrics_file.flush()
+                do_eval = it % cfg.train.eval_every == 0 or it == cfg.train.max_iters
+                if do_eval:
+                    final_metrics = evaluate_fn(model, cfg, dev)
+                    m = float(final_metrics["mAP"])
+                    writer.add_scalar("eval/mAP", m, it)
+                    for name, ap in final_metrics.get("per_class_ap", {}).items():
+                        if ap == ap:  # NaN for classes without ground truth
+                            writer.add_scalar(f"eval/AP/{name}", ap, it)
+                    metrics_file.write(json.dumps({"iteration": it, "eval": final_metrics}) + "\n")
+                    metrics_file.flush()
+                    log.info("iteration %d: mAP %.4f", it, m)
+                    if best_map is None or m > best_map:
+                        best_map = m
+                        checkpoint(it, best_path)
+                if it % cfg.train.checkpoint_every == 0 or it == cfg.train.max_iters or do_eval:
+                    checkpoint(it, last_path)
+    finally:
+        writer.close()
+        metrics_file.close()
+    learned_config = None
+    if cfg.priors.learnable:
+        learned_config = out / "learned_priors.yaml"
+        export_learned_priors(model, cfg, learned_config)
+        checkpoint(it, last_path)
+        log.info("learned priors frozen and written to %s", learned_config)
+    elif not last_path.exists():  # resumed at max_iters: nothing ran
+        checkpoint(it, last_path)
+    return TrainResult(
+        output_dir=out,
+        iteration=it,
+        last_checkpoint=last_path,
+        best_checkpoint=best_path if best_path.exists() else None,
+        best_map=best_map,
+        final_metrics=final_metrics,
+        skipped_steps=skipped_total,
+        history=history,
+        learned_config=learned_config,
+    )
+
+
+def _scalars(result: LossOutput, extra: dict[str, torch.Tensor], lr: float) -> dict[str, float]:
+    s = {
+        "loss": float(result.total.detach()) + sum(float(v.detach()) for v in extra.values()),
+        "loss_loc": float(result.loc.detach()),
+        "loss_cls": float(result.cls.detach()),
+        "num_pos": float(result.num_pos),
+        "lr": lr,
+    }
+    for k, v in extra.items():
+        s[f"loss_{k}"] = float(v.detach())
+    return s
+
+
+def _check_resume_config(state: dict[str, Any], cfg: Config, path: Path) -> None:
+    if "config" not in state or "optimizer" not in state or "iteration" not in state:
+        raise CheckpointError(f"{path}: not a training checkpoint (no optimizer/iteration/config)")
+    saved = config_from_dict(state["config"])
+    a, b = config_to_dict(saved), config_to_dict(cfg)
+    a["train"].pop("max_iters")
+    b["train"].pop("max_iters")
+    if a != b:
+        diffs = sorted(_diff_keys(a, b))
+        raise CheckpointError(
+            f"{path}: the checkpoint was trained with a different config ({', '.join(diffs[:8])}); "
+            "resume with the run's config.yaml"
+        )
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in set(a) | set(b):
+            out += _diff_keys(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
+        return out
+    return [] if a == b else [prefix]
+
+
+class _NullWriter:
+    def add_scalar(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def add_scalars(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _summary_writer(path: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a dependency, but keep training alive without it
+        log.warning("tensorboard not installed: no TensorBoard logs")
+        return _NullWriter()
+    return SummaryWriter(str(path))
+
+
+def export_learned_priors(model: SSD, cfg: Config, path: str | Path) -> Config:
+    """Freeze the model's current prior shapes and write them as a shape-form config at `path`.
+
+    The written config has `priors.learnable: false`, the learned `priors.shapes` and an explicit
+    `model.wh_batchnorm`, so it builds the same network with ordinary fixed priors. The model's
+    shapes are re-derived from the written numbers, so `generate_priors(exported.priors)` equals
+    `model.priors()` exactly.
+    """
+    from ssd.config import replace
+    from ssd.modeling.build import build_prior_boxes, uses_wh_batchnorm
+
+    shapes = tuple(tuple((w, h) for w, h in level) for level in model.priors.level_shapes_px())
+    exported = replace(
+        cfg,
+        **{
+            "priors.shapes": shapes,
+            "priors.learnable": False,
+            "model.wh_batchnorm": uses_wh_batchnorm(cfg),
+        },
+    )
+    save_config(exported, path)
+    from ssd.config import load_config
+
+    exported = load_config(path)  # exactly what a user will get from the file
+    model.priors.freeze()
+    fresh = build_prior_boxes(exported).to(model.priors.log_wh.device)
+    with torch.no_grad():
+        model.priors.log_wh.copy_(fresh.log_wh)
+    return exported

@@ -1,0 +1,44 @@
+"""Shared CLI plumbing: config arguments, error reporting, exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from ssd.config import Config, ConfigError, load_config
+from ssd.data.records import DatasetError
+from ssd.engine.checkpoint import CheckpointError
+
+USAGE_ERRORS = (ConfigError, DatasetError, CheckpointError, FileNotFoundError)
+
+
+def add_config_args(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    parser.add_argument("--config", required=required, help="YAML config (differences from defaults)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.lr=0.01 (repeatable)",
+    )  # fmt: skip
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    return load_config(args.config, args.overrides)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=float, allow_nan=True))
