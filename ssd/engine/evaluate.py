@@ -68,10 +68,11 @@ def score(
     gts = [GroundTruth.from_record(r) for r in records]
     dets = [detections.get(r.image_id, empty) for r in records]
     if metric == "coco":
-        from ssd.evaluation.coco import evaluate_coco_structures
+        from ssd.evaluation.coco import detections_to_coco, evaluate_coco, gt_to_coco
 
-        return evaluate_coco_structures(gts, dets, [r.image_id for r in records], cfg.data.classes,
-                                        [(r.height, r.width) for r in records])  # fmt: skip
+        ids = list(range(1, len(records) + 1))
+        sizes = [(r.height, r.width) for r in records]
+        return evaluate_coco(gt_to_coco(gts, cfg.data.classes, ids, sizes), detections_to_coco(dets, ids))
     if metric not in ("voc07", "area"):
         raise ValueError(f"eval.metric: unknown metric {metric!r}")
     result = evaluate_voc(

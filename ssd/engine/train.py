@@ -29,7 +29,7 @@ from ssd.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpo
 from ssd.losses import LossOutput, MultiBoxLoss
 from ssd.modeling.build import build_model
 from ssd.modeling.ssd import SSD
-from ssd.priors.learnable import PriorAids
+from ssd.priors.learnable import PriorAids, export_learned_priors
 from ssd.structures import Batch
 
 log = logging.getLogger(__name__)
@@ -401,33 +401,3 @@ def _summary_writer(path: Path) -> Any:
         return _NullWriter()
     return SummaryWriter(str(path))
 
-
-def export_learned_priors(model: SSD, cfg: Config, path: str | Path) -> Config:
-    """Freeze the model's current prior shapes and write them as a shape-form config at `path`.
-
-    The written config has `priors.learnable: false`, the learned `priors.shapes` and an explicit
-    `model.wh_batchnorm`, so it builds the same network with ordinary fixed priors. The model's
-    shapes are re-derived from the written numbers, so `generate_priors(exported.priors)` equals
-    `model.priors()` exactly.
-    """
-    from ssd.config import replace
-    from ssd.modeling.build import build_prior_boxes, uses_wh_batchnorm
-
-    shapes = tuple(tuple((w, h) for w, h in level) for level in model.priors.level_shapes_px())
-    exported = replace(
-        cfg,
-        **{
-            "priors.shapes": shapes,
-            "priors.learnable": False,
-            "model.wh_batchnorm": uses_wh_batchnorm(cfg),
-        },
-    )
-    save_config(exported, path)
-    from ssd.config import load_config
-
-    exported = load_config(path)  # exactly what a user will get from the file
-    model.priors.freeze()
-    fresh = build_prior_boxes(exported).to(model.priors.log_wh.device)
-    with torch.no_grad():
-        model.priors.log_wh.copy_(fresh.log_wh)
-    return exported

@@ -7,6 +7,7 @@ so a checkpoint of a learned-prior run loads into a fixed-prior model and vice v
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -24,6 +25,30 @@ if TYPE_CHECKING:
     from ssd.config import Config
 
 
+def break_ties(log_wh: Tensor, num_shapes: tuple[int, ...], spread: float = 0.02) -> Tensor:
+    """Make identical shapes of one level distinct before learning them.
+
+    Identical priors at the same positions receive identical assignments and gradients forever
+    (matching ties always go to the first), so the k-th duplicate has its log aspect ratio moved by
+    +-k*spread/2 (area kept). Distinct shapes are left untouched.
+    """
+    out = log_wh.clone()
+    start = 0
+    for n in num_shapes:
+        seen: dict[tuple[float, float], int] = {}
+        for i in range(start, start + n):
+            key = (round(float(out[i, 0]), 6), round(float(out[i, 1]), 6))
+            k = seen.get(key, 0)
+            seen[key] = k + 1
+            if k:
+                sign = 1.0 if k % 2 else -1.0
+                delta = sign * ((k + 1) // 2) * spread / 2
+                out[i, 0] += delta
+                out[i, 1] -= delta
+        start += n
+    return out
+
+
 class PriorBoxes(nn.Module):
     """`forward()` -> priors [P, 4] cxcywh relative; differentiable in the shapes when learnable."""
 
@@ -38,7 +63,7 @@ class PriorBoxes(nn.Module):
         self.learnable = learnable
         log_wh = shapes_wh.detach().float().log()
         if learnable:
-            self.log_wh = nn.Parameter(log_wh)
+            self.log_wh = nn.Parameter(break_ties(log_wh, layout.num_shapes))
         else:
             self.register_buffer("log_wh", log_wh)
         self.register_buffer("_centers", layout.centers.clone(), persistent=False)
@@ -214,3 +239,34 @@ class PriorAids:
         for level, shapes in enumerate(priors_module.level_shapes_px()):
             for k, (w, h) in enumerate(shapes):
                 writer.add_scalars(f"priors/level{level}_shape{k}", {"w": w, "h": h}, it)
+
+
+def export_learned_priors(model: nn.Module, cfg: Config, path: str | Path) -> Config:
+    """Freeze the model's current prior shapes and write them as a shape-form config at `path`.
+
+    The written config has `priors.learnable: false`, the learned `priors.shapes` and an explicit
+    `model.wh_batchnorm`, so it builds the same network with ordinary fixed priors. The model's
+    shapes are re-derived from the written numbers, so `generate_priors(exported.priors)` equals
+    `model.priors()` exactly.
+    """
+    from ssd.config import load_config, replace, save_config
+    from ssd.modeling.build import build_prior_boxes, uses_wh_batchnorm
+
+    priors = model.priors
+    assert isinstance(priors, PriorBoxes)
+    shapes = tuple(tuple((w, h) for w, h in level) for level in priors.level_shapes_px())
+    exported = replace(
+        cfg,
+        **{
+            "priors.shapes": shapes,
+            "priors.learnable": False,
+            "model.wh_batchnorm": uses_wh_batchnorm(cfg),
+        },
+    )
+    save_config(exported, path)
+    exported = load_config(path)  # exactly what a user will get from the file
+    priors.freeze()
+    fresh = build_prior_boxes(exported).to(priors.log_wh.device)
+    with torch.no_grad():
+        priors.log_wh.copy_(fresh.log_wh)
+    return exported
