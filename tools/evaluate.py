@@ -1,0 +1,205 @@
+"""Evaluate detections: per-class AP / mAP (VOC07 11-point or all-point area) or COCO metrics.
+
+Two modes:
+
+* predictions: ``--annotations GT.json --predictions PRED.json`` (COCO format: GT with
+  images/annotations/categories, predictions a list of {image_id, category_id, bbox xywh px,
+  score}). ``iscrowd`` GT boxes count as VOC "difficult".
+* checkpoint: ``--config CFG --checkpoint CKPT [--split val] [--set k=v ...] [--device D]``
+  evaluates a trained model on the dataset of the config (``ssd.engine.evaluate``).
+
+``--metric voc07|area`` (default voc07) at ``--iou`` (default 0.5): ``mAP`` is the mean of the
+per-class AP over classes with ground truth (classes without are null and listed in
+``classes_without_gt``). ``--metric coco``: ``mAP`` is COCO's primary metric AP@[.5:.95]; the
+output also holds AP, AP50, AP75, APs, APm, APl, the AR fields, ``per_class_ap`` (AP@[.5:.95])
+and ``per_class_ap50``. ``--json`` prints that summary on stdout; ``--output-dir`` writes
+report.md (table), pr_curves.png and results.json.
+
+Exit status: 0 ok, 2 usage or data error (the message names the file or option).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ssd.data.records import DatasetError
+
+METRICS = ("voc07", "area", "coco")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ssd-evaluate",
+        description="Per-class AP / mAP (VOC07, all-point) or COCO AP of predictions or a checkpoint.",
+    )
+    p.add_argument("--annotations", type=Path, help="COCO-format ground-truth json (predictions mode)")
+    p.add_argument("--predictions", type=Path, help="COCO-format results json (predictions mode)")
+    p.add_argument("--config", type=Path, help="config yaml (checkpoint mode)")
+    p.add_argument("--checkpoint", type=Path, help="model checkpoint (checkpoint mode)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)"
+    )
+    p.add_argument("--split", default=None, help="dataset split to evaluate (checkpoint mode; default val)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (checkpoint mode; default: auto)")
+    p.add_argument(
+        "--metric",
+        choices=METRICS,
+        default=None,
+        help="voc07 (default), area or coco; checkpoint mode: config",
+    )
+    p.add_argument("--iou", type=float, default=None, help="IoU threshold for voc07/area (default 0.5)")
+    p.add_argument(
+        "--output-dir", type=Path, default=None, help="write report.md, pr_curves.png, results.json"
+    )
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
+    return p
+
+
+def _error(message: str) -> int:
+    print(f"ssd-evaluate: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _emit(summary: dict[str, Any], result: Any, args: argparse.Namespace, sources: dict[str, str]) -> None:
+    """Print the summary (JSON or a table) and write the report files."""
+    from ssd.evaluation.report import ap_table, write_report
+
+    if args.output_dir is not None:
+        if result is not None and hasattr(result, "precision"):
+            paths = write_report(result, args.output_dir, sources, summary)
+        else:  # a plain dict (checkpoint mode without a result object): table and json only
+            out = Path(args.output_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+            paths = {"json": out / "results.json"}
+            if isinstance(summary.get("per_class_ap"), dict):
+                table = ap_table(_floats(summary["per_class_ap"]), _float(summary.get("mAP")))
+                (out / "report.md").write_text(table, encoding="utf-8")
+                paths["report"] = out / "report.md"
+        if not args.json:
+            for path in paths.values():
+                print(f"wrote {path}")
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    elif isinstance(summary.get("per_class_ap"), dict):
+        metric = summary.get("metric", "?")
+        print(f"metric: {metric}")
+        extra = {}
+        if metric == "coco":
+            stats = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+            print(", ".join(f"{k} {'n/a' if summary.get(k) is None else f'{summary[k]:.4f}'}" for k in stats))
+            extra["AP50"] = _floats(summary.get("per_class_ap50", {}))
+        ap_header = "AP@[.5:.95]" if metric == "coco" else f"AP@{summary.get('iou_threshold', '')}"
+        table = ap_table(_floats(summary["per_class_ap"]), _float(summary.get("mAP")), None, extra, ap_header)
+        print(table, end="")
+    else:
+        print(json.dumps(summary, indent=2))
+
+
+def _float(v: Any) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def _floats(d: dict[str, Any]) -> dict[str, float]:
+    return {k: _float(v) for k, v in d.items()}
+
+
+def evaluate_predictions_cli(args: argparse.Namespace) -> int:
+    """Predictions mode: COCO-format GT + predictions files -> metrics."""
+    from ssd.evaluation.coco import coco_eval, load_coco_gt, parse_coco_predictions, read_json
+    from ssd.evaluation.voc import VOCMetric, evaluate_voc
+
+    if args.annotations is None or args.predictions is None:
+        return _error("predictions mode needs both --annotations and --predictions")
+    metric = args.metric or "voc07"
+    if metric == "coco" and args.iou is not None:
+        return _error("--iou applies to --metric voc07/area only (coco averages IoU 0.50:0.95)")
+    iou = 0.5 if args.iou is None else args.iou
+    if not 0.0 < iou <= 1.0:
+        return _error(f"--iou must lie in (0, 1], got {iou}")
+    try:
+        gt = load_coco_gt(args.annotations)
+        raw_predictions = read_json(args.predictions)
+        dets = parse_coco_predictions(raw_predictions, gt, args.predictions)
+    except DatasetError as e:
+        return _error(str(e))
+    result: Any
+    if metric == "coco":
+        try:
+            result = coco_eval(gt.data, raw_predictions)
+        except ImportError as e:
+            return _error(str(e))
+    else:
+        voc_metric: VOCMetric = "voc07" if metric == "voc07" else "area"
+        result = evaluate_voc(gt.gts, dets, gt.class_names, iou_threshold=iou, metric=voc_metric)
+    sources = {"annotations": str(args.annotations), "predictions": str(args.predictions)}
+    summary = {**result.to_dict(), **sources, "num_images": len(gt.gts)}
+    _emit(summary, result, args, sources)
+    return 0
+
+
+def evaluate_checkpoint_cli(args: argparse.Namespace) -> int:
+    """Checkpoint mode: evaluate `--checkpoint` on the `--split` of the `--config` dataset through
+    `ssd.engine.evaluate.evaluate_checkpoint(cfg, checkpoint, split, device)`."""
+    from ssd.config import ConfigError, load_config
+    from ssd.engine.checkpoint import CheckpointError
+
+    if args.config is None or args.checkpoint is None:
+        return _error("checkpoint mode needs both --config and --checkpoint")
+    overrides = list(args.set)
+    if args.metric is not None:
+        overrides.append(f"eval.metric={args.metric}")
+    if args.iou is not None:
+        overrides.append(f"eval.iou_threshold={args.iou}")
+    try:
+        cfg = load_config(args.config, overrides)
+    except (ConfigError, FileNotFoundError) as e:
+        return _error(str(e))
+    if not args.checkpoint.is_file():
+        return _error(f"{args.checkpoint}: checkpoint not found")
+    try:
+        from ssd.engine.evaluate import evaluate_checkpoint  # written with the training engine
+    except ImportError as e:
+        return _error(f"checkpoint evaluation is unavailable (ssd.engine.evaluate: {e})")
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    split = args.split or "val"
+    try:
+        out = evaluate_checkpoint(cfg, args.checkpoint, split, device)
+    except (ConfigError, DatasetError, CheckpointError, FileNotFoundError) as e:
+        return _error(str(e))
+    result = out if hasattr(out, "to_dict") else None
+    summary = dict(result.to_dict() if result is not None else out)
+    sources = {"config": str(args.config), "checkpoint": str(args.checkpoint), "split": split}
+    summary.update(sources)
+    _emit(summary, result, args, sources)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse: --help (0) or a usage error (2)
+        return int(e.code or 0) if not isinstance(e.code, str) else 2
+    predictions_mode = args.annotations is not None or args.predictions is not None
+    checkpoint_mode = args.config is not None or args.checkpoint is not None
+    if predictions_mode and checkpoint_mode:
+        return _error("use either --annotations/--predictions or --config/--checkpoint, not both")
+    if predictions_mode:
+        if args.set or args.split is not None or args.device is not None:
+            return _error("--set, --split and --device apply to checkpoint mode (--config/--checkpoint) only")
+        return evaluate_predictions_cli(args)
+    if checkpoint_mode:
+        return evaluate_checkpoint_cli(args)
+    parser.print_usage(sys.stderr)
+    return _error("give --annotations and --predictions, or --config and --checkpoint")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
