@@ -116,6 +116,9 @@ class DataConfig:
     val_split: str = "ImageSets/Main/test.txt"
     train_annotations: str = ""
     val_annotations: str = ""
+    # coco: image folders (relative to `root`) that the JSON `file_name`s are relative to
+    train_images: str = ""
+    val_images: str = ""
     classes: tuple[str, ...] = VOC_CLASSES
     use_difficult: bool = False
     skip_invalid: bool = False

@@ -99,8 +99,14 @@ class Detector:
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, Tensor], source: str) -> None:
-    """Strict state-dict load with an error that names the checkpoint and the mismatching keys."""
-    result = model.load_state_dict(state, strict=False)
+    """Strict state-dict load with an error (ValueError) that names the checkpoint and the
+    mismatching keys or shapes."""
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # size mismatches raise even with strict=False: keep a few lines
+        lines = [line.strip() for line in str(exc).splitlines()[1:4]]
+        detail = "; ".join(lines)
+        raise ValueError(f"{source}: checkpoint does not fit the configured model: {detail}") from exc
     problems = []
     if result.missing_keys:
         problems.append(f"missing {result.missing_keys[:5]}")

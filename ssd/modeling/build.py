@@ -48,7 +48,7 @@ def build_model(cfg: Config) -> SSD:
             raise ConfigError("model.pretrained: ImageNet weights need model.width_mult = 1")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError) as exc:
+        except Exception as exc:  # torch raises many types: OSError, UnpicklingError, KeyError, ...
             raise ConfigError(f"model.pretrained: cannot load {path}: {exc}") from exc
         if not isinstance(state, dict) or "classifier.0.weight" not in state:
             raise ConfigError(
@@ -57,7 +57,7 @@ def build_model(cfg: Config) -> SSD:
             )
         try:
             loaded = backbone.load_torchvision_vgg16(state)
-        except (ValueError, KeyError) as exc:
+        except (ValueError, KeyError, RuntimeError) as exc:  # RuntimeError: a tensor of the wrong size
             raise ConfigError(f"model.pretrained: {path}: {exc}") from exc
         log.info("loaded %d tensors of ImageNet VGG-16 from %s", len(loaded), path)
     priors = build_prior_boxes(cfg)

@@ -168,6 +168,14 @@ class VGG16Backbone(nn.Module):
             )
         src_bns = [i for i, kind in src_kinds if kind == "bn"]
         dst_bns = [m for _, m in dst if isinstance(m, nn.BatchNorm2d)]
+        if len(src_bns) != len(dst_bns):
+            # Copying vgg16_bn convolutions without their batch norms (or the reverse) would
+            # silently give wrong features.
+            raise ValueError(
+                f"VGG-16 state dict has {len(src_bns)} batch norms in features, the model has "
+                f"{len(dst_bns)}: use vgg16 weights with model.batch_norm=false and vgg16_bn "
+                "weights with model.batch_norm=true"
+            )
         loaded: list[str] = []
 
         def copy(dst_t: Tensor, src: Tensor, name: str) -> None:
@@ -181,13 +189,17 @@ class VGG16Backbone(nn.Module):
             copy(conv.weight, state_dict[f"features.{i}.weight"], f"features.{i}.weight")
             if conv.bias is not None:
                 copy(conv.bias, state_dict[f"features.{i}.bias"], f"features.{i}.bias")
-        if dst_bns and len(src_bns) == len(dst_bns):
-            for i, bn in zip(src_bns, dst_bns):
-                assert bn.running_mean is not None and bn.running_var is not None
-                tensors = {"weight": bn.weight, "bias": bn.bias,
-                           "running_mean": bn.running_mean, "running_var": bn.running_var}  # fmt: skip
-                for attr, t in tensors.items():
-                    copy(t, state_dict[f"features.{i}.{attr}"], f"features.{i}.{attr}")
+        for i_conv, i, bn in zip(src_convs, src_bns, dst_bns):
+            assert bn.running_mean is not None and bn.running_var is not None
+            for attr, t in (("weight", bn.weight), ("bias", bn.bias), ("running_var", bn.running_var)):
+                copy(t, state_dict[f"features.{i}.{attr}"], f"features.{i}.{attr}")
+            # Our convolutions before a batch norm have no bias; torchvision's do. Fold it into the
+            # running mean (BN(conv(x) + b) with mean m equals BN(conv(x)) with mean m - b), so the
+            # eval-mode output is unchanged.
+            mean = state_dict[f"features.{i}.running_mean"]
+            conv_bias = state_dict.get(f"features.{i_conv}.bias")
+            folded = mean if conv_bias is None else mean - conv_bias
+            copy(bn.running_mean, folded, f"features.{i}.running_mean")
         fc6_w = state_dict["classifier.0.weight"].view(4096, 512, 7, 7)[::4, :, ::3, ::3]
         fc6_b = state_dict["classifier.0.bias"][::4]
         fc7_w = state_dict["classifier.3.weight"].view(4096, 4096, 1, 1)[::4, ::4]

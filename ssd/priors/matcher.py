@@ -19,7 +19,8 @@ from ssd.boxes import cxcywh_to_xyxy
 @dataclass
 class MatchResult:
     """`labels` [B, P] (0 = background), `boxes` [B, P, 4] xyxy relative (the matched ground truth;
-    zeros for background), `gt_index` [B, P] (-1 for background) and `iou` [B, P] best IoU."""
+    zeros for background), `gt_index` [B, P] (-1 for background) and `iou` [B, P] best IoU
+    (2.0 where the prior was forced onto a ground truth; -1 in an image without ground truth)."""
 
     labels: Tensor
     boxes: Tensor
