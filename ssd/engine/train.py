@@ -270,7 +270,7 @@ def train(
                     optimizer.zero_grad(set_to_none=True)
                     log.warning(
                         "iteration %d: non-finite loss (%s); step skipped (%d in a row, %d in all)",
-                        it, float(loss), bad_in_row, skipped_total,
+                        it, float(loss.detach()), bad_in_row, skipped_total,
                     )  # fmt: skip
                     writer.add_scalar("train/skipped_steps", skipped_total, it)
                     if bad_in_row >= cfg.train.max_bad_steps:
@@ -311,7 +311,7 @@ def train(
                     m = float(final_metrics["mAP"])
                     writer.add_scalar("eval/mAP", m, it)
                     for name, ap in final_metrics.get("per_class_ap", {}).items():
-                        if ap == ap:  # NaN for classes without ground truth
+                        if ap is not None and ap == ap:  # None/NaN: no ground truth
                             writer.add_scalar(f"eval/AP/{name}", ap, it)
                     metrics_file.write(json.dumps({"iteration": it, "eval": final_metrics}) + "\n")
                     metrics_file.flush()

@@ -1,0 +1,175 @@
+"""The training loop on CPU: loss falls, exact resume, faults survived, learned priors exported."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import ssd
+from ssd.config import Config, config_from_dict
+from ssd.engine.checkpoint import CheckpointError, load_checkpoint
+from ssd.engine.train import TrainingError, TrainingInterrupted, lr_factor, train
+from ssd.losses import MultiBoxLoss
+
+CLASSES = ["non_conductive", "scratch", "corner_bottom_leak", "orange_peel", "bottom_leak",
+           "jet", "paint_bubble", "pit", "variegated", "dirty_spot"]  # fmt: skip
+
+
+def tiny_cfg(root: Path, **train: Any) -> Config:
+    """A 272-input (the smallest SSD512-shaped input), width-1/8 model on 8 synthetic images."""
+    return config_from_dict(
+        {
+            "data": {
+                "format": "synthetic",
+                "root": str(root),
+                "classes": CLASSES,
+                "num_workers": 0,
+                "synthetic_num_images": 8,
+                "synthetic_size": [320, 240],
+                "synthetic_val_fraction": 0.25,
+            },
+            "model": {"batch_norm": True, "width_mult": 0.125},
+            "priors": {
+                "image_size": 272,
+                "feature_maps": [34, 17, 9, 5, 3, 2, 1],
+                "steps": [8, 16, 30, 54, 91, 136, 272],
+                "min_sizes": [19, 41, 82, 122, 163, 204, 245],
+                "max_sizes": [41, 82, 122, 163, 204, 245, 286],
+            },
+            "train": {
+                "batch_size": 2,
+                "max_iters": 6,
+                "lr": 0.01,
+                "warmup_iters": 2,
+                "milestones": [4],
+                "log_every": 2,
+                "eval_every": 1000,
+                "checkpoint_every": 3,
+                **train,
+            },
+            "eval": {"batch_size": 2},
+        }
+    )
+
+
+def _losses(history: list[dict[str, float]]) -> list[float]:
+    return [h["loss"] for h in history]
+
+
+def _no_eval(model: Any, cfg: Config, device: torch.device) -> dict[str, Any]:
+    return {"mAP": 0.0, "per_class_ap": {}}
+
+
+def test_lr_schedule_warmup_multistep_and_cosine(tmp_path: Path) -> None:
+    cfg = tiny_cfg(tmp_path, warmup_iters=10, warmup_factor=0.1, milestones=[20, 30], max_iters=40)
+    assert lr_factor(0, cfg) == pytest.approx(0.1)
+    assert lr_factor(5, cfg) == pytest.approx(0.55)
+    assert lr_factor(10, cfg) == 1.0 and lr_factor(19, cfg) == 1.0
+    assert lr_factor(20, cfg) == pytest.approx(0.1) and lr_factor(35, cfg) == pytest.approx(0.01)
+    cos = tiny_cfg(tmp_path, warmup_iters=0, schedule="cosine", max_iters=40)
+    assert lr_factor(0, cos) == 1.0 and lr_factor(20, cos) == pytest.approx(0.5)
+    assert lr_factor(40, cos) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_loss_falls_and_evaluation_gives_per_class_ap(tmp_path: Path) -> None:
+    # Few positives per batch (the original priors fit the synthetic bands badly) make single-step
+    # losses noisy: compare the means of the first and last six steps.
+    cfg = tiny_cfg(tmp_path / "data", max_iters=24, lr=0.01, grad_clip=5.0, eval_every=24, milestones=[20])
+    result = train(cfg, tmp_path / "run")
+    losses = _losses(result.history)
+    assert len(losses) == 24 and all(x == x for x in losses)
+    assert sum(losses[-6:]) / 6 < 0.75 * sum(losses[:6]) / 6
+    assert result.final_metrics is not None
+    assert set(result.final_metrics["per_class_ap"]) == set(CLASSES)
+    assert 0.0 <= result.final_metrics["mAP"] <= 1.0
+    for name in ("config.yaml", "last.pt", "best.pt", "metrics.jsonl"):
+        assert (tmp_path / "run" / name).exists()
+    assert ssd.load_config(tmp_path / "run" / "config.yaml") == cfg
+    assert any((tmp_path / "run" / "tb").iterdir())
+
+
+def test_resume_reproduces_the_uninterrupted_losses(tmp_path: Path) -> None:
+    cfg = tiny_cfg(tmp_path / "data", max_iters=6, checkpoint_every=3)
+    full = train(cfg, tmp_path / "full", evaluate_fn=_no_eval)
+    first = train(ssd.config.replace(cfg, **{"train.max_iters": 3}), tmp_path / "part", evaluate_fn=_no_eval)
+    assert load_checkpoint(first.last_checkpoint)["iteration"] == 3
+    rest = train(cfg, tmp_path / "part", resume=True, evaluate_fn=_no_eval)
+    assert rest.iteration == 6
+    assert _losses(first.history) == _losses(full.history)[:3]
+    assert _losses(rest.history) == _losses(full.history)[3:]  # bit-exact continuation
+    a = load_checkpoint(full.last_checkpoint)["model"]
+    b = load_checkpoint(rest.last_checkpoint)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_a_different_config(tmp_path: Path) -> None:
+    cfg = tiny_cfg(tmp_path / "data", max_iters=2)
+    train(cfg, tmp_path / "run", evaluate_fn=_no_eval)
+    other = ssd.config.replace(cfg, **{"train.lr": 0.5, "train.max_iters": 4})
+    with pytest.raises(CheckpointError, match="train.lr"):
+        train(other, tmp_path / "run", resume=True, evaluate_fn=_no_eval)
+
+
+def test_sigterm_writes_a_checkpoint_and_resume_continues_exactly(tmp_path: Path) -> None:
+    cfg = tiny_cfg(tmp_path / "data", max_iters=6, checkpoint_every=100)
+    full = train(cfg, tmp_path / "full", evaluate_fn=_no_eval)
+
+    def kill_at_4(it: int, scalars: dict[str, float]) -> None:
+        if it == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(TrainingInterrupted) as info:
+        train(cfg, tmp_path / "run", progress=kill_at_4, evaluate_fn=_no_eval)
+    assert info.value.iteration == 4
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["iteration"] == 4
+    rest = train(cfg, tmp_path / "run", resume=True, evaluate_fn=_no_eval)
+    assert _losses(rest.history) == _losses(full.history)[4:]
+
+
+def test_non_finite_losses_are_skipped_then_abort(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = MultiBoxLoss.forward
+    calls = {"n": 0}
+
+    def nan_at_second_call(self: MultiBoxLoss, *args: Any, **kwargs: Any) -> Any:
+        out = original(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            out.total = out.total * float("nan")
+        return out
+
+    monkeypatch.setattr(MultiBoxLoss, "forward", nan_at_second_call)
+    cfg = tiny_cfg(tmp_path / "data", max_iters=4)
+    result = train(cfg, tmp_path / "run", evaluate_fn=_no_eval)
+    assert result.skipped_steps == 1 and result.iteration == 4
+    state = load_checkpoint(result.last_checkpoint)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+    def always_nan(self: MultiBoxLoss, *args: Any, **kwargs: Any) -> Any:
+        out = original(self, *args, **kwargs)
+        out.total = out.total * float("nan")
+        return out
+
+    monkeypatch.setattr(MultiBoxLoss, "forward", always_nan)
+    bad = tiny_cfg(tmp_path / "data", max_iters=10, max_bad_steps=3)
+    with pytest.raises(TrainingError, match="3 non-finite losses in a row"):
+        train(bad, tmp_path / "bad", evaluate_fn=_no_eval)
+
+
+def test_learnable_run_exports_a_fixed_prior_config(tmp_path: Path) -> None:
+    cfg = tiny_cfg(tmp_path / "data", max_iters=4)
+    cfg = ssd.config.replace(cfg, **{"priors.learnable": True, "priors.learn.warmup_iters": 2})
+    result = train(cfg, tmp_path / "run", evaluate_fn=_no_eval)
+    assert result.learned_config is not None
+    learned = ssd.load_config(result.learned_config)
+    assert learned.priors.shapes is not None and not learned.priors.learnable
+    state = load_checkpoint(result.last_checkpoint)
+    model = ssd.build_model(learned)
+    model.load_state_dict(state["model"])
+    assert torch.equal(model.priors(), ssd.generate_priors(learned.priors))
+    initial = ssd.generate_priors(tiny_cfg(tmp_path / "data").priors)
+    assert not torch.equal(model.priors(), initial)  # the shapes moved

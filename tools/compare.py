@@ -1,0 +1,73 @@
+"""Original vs k-means (paper) vs coverage vs learned priors on the same data and schedule.
+
+`tools/compare.py --config BASE --variants original,paper,coverage,learned --output-dir DIR`
+writes DIR/report.json, DIR/report.md and PNG plots; each variant trains in DIR/<variant>/ and an
+interrupted comparison continues where it stopped when run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from tools.common import USAGE_ERRORS, add_config_args, config_from_args, fail, print_json, setup_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_config_args(parser, required=True)
+    parser.add_argument("--variants", default="original,paper,coverage,learned")
+    parser.add_argument("--output-dir", default="runs/compare")
+    parser.add_argument("--device", default="cpu", help="training/evaluation device")
+    parser.add_argument("--bench-device", default=None, help="FPS device (default: --device)")
+    parser.add_argument("--bench-iters", type=int, default=20)
+    parser.add_argument("--json", action="store_true", help="print report.json on stdout")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    setup_logging()
+
+    from ssd.engine.compare import compare
+
+    try:
+        cfg = config_from_args(args)
+    except USAGE_ERRORS as exc:
+        return fail(str(exc))
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bars: dict[str, tqdm] = {}
+
+    def progress(name: str, it: int, scalars: dict[str, float]) -> None:
+        if args.quiet:
+            return
+        bar = bars.get(name)
+        if bar is None:
+            for other in bars.values():
+                other.close()
+            bar = bars[name] = tqdm(total=cfg.train.max_iters, desc=name, file=sys.stderr)
+        bar.n = it
+        bar.set_postfix(loss=f"{scalars['loss']:.3f}", refresh=False)
+        bar.refresh()
+
+    try:
+        report = compare(cfg, args.output_dir, variants, device=args.device,
+                         bench_device=args.bench_device, bench_iters=args.bench_iters,
+                         progress=progress)  # fmt: skip
+    except USAGE_ERRORS as exc:
+        return fail(str(exc))
+    finally:
+        for bar in bars.values():
+            bar.close()
+    if args.json:
+        print_json(report)
+    else:
+        print(Path(report["files"]["markdown"]).read_text(encoding="utf-8"))
+        print(f"report: {report['files']['markdown']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
