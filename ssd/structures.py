@@ -31,6 +31,10 @@ class Targets:
             [lab.to(device, non_blocking=True) for lab in self.labels],
         )
 
+    def pin_memory(self) -> Targets:
+        """Page-locked copies (called by DataLoader(pin_memory=True))."""
+        return Targets([b.pin_memory() for b in self.boxes], [lab.pin_memory() for lab in self.labels])
+
 
 @dataclass
 class Batch:
@@ -41,6 +45,12 @@ class Batch:
     targets: Targets
     image_ids: list[str]
     orig_sizes: Tensor
+
+    def pin_memory(self) -> Batch:
+        """Page-locked copies (called by DataLoader(pin_memory=True))."""
+        return Batch(
+            self.images.pin_memory(), self.targets.pin_memory(), self.image_ids, self.orig_sizes.pin_memory()
+        )
 
 
 @dataclass

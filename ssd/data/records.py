@@ -42,3 +42,24 @@ class Record:
     @property
     def num_boxes(self) -> int:
         return int(self.boxes_px.shape[0])
+
+
+# Image file suffixes the readers pair with annotations (compared case-insensitively).
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def image_size_from_header(path: Path) -> tuple[int, int]:
+    """(width, height) of an image file from its header only (PIL opens lazily: no decoding).
+
+    Raises DatasetError naming the file when it is missing or not a readable image.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except FileNotFoundError as exc:
+        raise DatasetError(path, "image file not found") from exc
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise DatasetError(path, f"cannot read the image header: {exc}") from exc
+    return int(width), int(height)

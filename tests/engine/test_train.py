@@ -111,7 +111,7 @@ def test_resume_refuses_a_different_config(tmp_path: Path) -> None:
     cfg = tiny_cfg(tmp_path / "data", max_iters=2)
     train(cfg, tmp_path / "run", evaluate_fn=_no_eval)
     other = ssd.config.replace(cfg, **{"train.lr": 0.5, "train.max_iters": 4})
-    with pytest.raises(CheckpointError, match="train.lr"):
+    with pytest.raises(CheckpointError, match=r"train\.lr"):
         train(other, tmp_path / "run", resume=True, evaluate_fn=_no_eval)
 
 

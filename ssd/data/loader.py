@@ -1,0 +1,302 @@
+"""Records -> images -> batches: dataset, collate, the resumable train sampler and the loaders.
+
+Reproducibility: the training stream is a pure function of (seed, iteration). `TrainBatchSampler`
+yields `(index, item_seed)` keys; `DetectionDataset` runs the augmentation of such an item under
+`torch.manual_seed(item_seed)` inside a forked RNG, so the same iteration gives the same batch
+whether the run started at 0 or resumed at that iteration, and whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from ssd.config import Config, ConfigError
+from ssd.data.coco import read_coco_records
+from ssd.data.labelme import read_labelme_records
+from ssd.data.records import DatasetError, Record
+from ssd.data.transforms import build_transforms
+from ssd.data.voc import read_voc_records
+from ssd.structures import Batch, Targets
+
+log = logging.getLogger(__name__)
+
+Split = Literal["train", "val"]
+Transform = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor, Tensor]]
+
+_SEED_MASK = (1 << 63) - 1
+
+
+def derive_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (numpy SeedSequence hashing: platform independent)."""
+    state = np.random.SeedSequence([int(p) & 0xFFFFFFFFFFFFFFFF for p in parts]).generate_state(2, np.uint64)
+    return int((int(state[0]) << 32 ^ int(state[1])) & _SEED_MASK)
+
+
+# --------------------------------------------------------------------------- records
+
+
+def _resolve(root: Path, rel: str) -> Path:
+    p = Path(rel)
+    return p if p.is_absolute() else root / p
+
+
+def build_records(cfg: Config, split: Split | str) -> list[Record]:
+    """The annotation records of `split` ("train" or "val") of the configured dataset.
+
+    `data.root` is resolved against the current directory; split and annotation paths against
+    `data.root` (absolute paths are kept). Per `data.format`:
+    voc: `root`, split file `train_split`/`val_split` (stems); coco: JSON `train_annotations`/
+    `val_annotations`, images under `root / train_images|val_images`; labelme: split file of image
+    paths; synthetic: generated into `root` on first use (when `root/train.txt` is missing), then
+    read as labelme with `train.txt`/`val.txt`. Raises DatasetError when the split is empty.
+    """
+    if split not in ("train", "val"):
+        raise ConfigError(f"split must be 'train' or 'val', got {split!r}")
+    d = cfg.data
+    root = Path(d.root)
+    classes = d.classes
+    if d.format == "voc":
+        split_name = d.train_split if split == "train" else d.val_split
+        records = read_voc_records(root, _resolve(root, split_name) if split_name else None, classes)
+    elif d.format == "coco":
+        ann = d.train_annotations if split == "train" else d.val_annotations
+        if not ann:
+            raise ConfigError(f"data.{split}_annotations: required for data.format 'coco'")
+        images = d.train_images if split == "train" else d.val_images
+        records = read_coco_records(_resolve(root, ann), _resolve(root, images), classes)
+    elif d.format == "labelme":
+        split_name = d.train_split if split == "train" else d.val_split
+        records = read_labelme_records(root, _resolve(root, split_name) if split_name else None, classes)
+    elif d.format == "synthetic":
+        ensure_synthetic(cfg)
+        records = read_labelme_records(root, root / f"{split}.txt", classes)
+    else:  # pragma: no cover - the config loader rejects other values
+        raise ConfigError(f"data.format: unknown format {d.format!r}")
+    if not records:
+        raise DatasetError(root, f"the {split} split is empty")
+    return records
+
+
+def ensure_synthetic(cfg: Config) -> None:
+    """Generate the synthetic dataset into `data.root` unless `data.root/train.txt` exists; an
+    existing one must have been generated with the configured parameters."""
+    from ssd.data.synthetic import SUMMARY_FILE, generate_dataset
+
+    d = cfg.data
+    root = Path(d.root)
+    wanted = {
+        "num_images": d.synthetic_num_images,
+        "size": list(d.synthetic_size),
+        "seed": d.synthetic_seed,
+        "val_fraction": d.synthetic_val_fraction,
+    }
+    if (root / "train.txt").is_file():
+        summary_path = root / SUMMARY_FILE
+        if summary_path.is_file():
+            import json
+
+            try:
+                summary = json.loads(summary_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise DatasetError(summary_path, f"cannot read: {exc}") from exc
+            have = {k: summary.get(k) for k in wanted}
+            if have != wanted:
+                raise DatasetError(
+                    summary_path,
+                    f"generated with {have} but the config asks for {wanted} "
+                    "(delete the folder to regenerate, or change data.root)",
+                )
+        return
+    log.info("generating %d synthetic images into %s", d.synthetic_num_images, root)
+    generate_dataset(
+        root, d.synthetic_num_images, d.synthetic_size, d.synthetic_seed, d.synthetic_val_fraction
+    )
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+@dataclass
+class Sample:
+    """One transformed image: `image` float [3, S, S] normalised, `boxes` [G, 4] xyxy relative
+    [0, 1] to the network input, `labels` [G] int64 in 1..C-1, `difficult` [G] bool, `image_id`,
+    `orig_size` (height, width) of the original image in pixels."""
+
+    image: Tensor
+    boxes: Tensor
+    labels: Tensor
+    difficult: Tensor
+    image_id: str
+    orig_size: tuple[int, int]
+
+
+def load_image(path: Path) -> Tensor:
+    """Decode an image file to uint8 RGB [3, H, W] with PIL (grayscale/palette/CMYK converted to
+    RGB). Raises DatasetError naming the file when it is missing, unreadable, truncated or
+    corrupt. (torchvision.io's decoders are deprecated since torchvision 0.29.)"""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            rgb = im.convert("RGB") if im.mode != "RGB" else im
+            array = np.asarray(rgb, dtype=np.uint8)
+    except FileNotFoundError as exc:
+        raise DatasetError(path, "cannot read image: file not found") from exc
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        raise DatasetError(path, f"cannot decode image: {exc}") from exc
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise DatasetError(path, f"decoded to an unexpected shape {array.shape}")
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+class DetectionDataset(Dataset[Sample]):
+    """Images + annotations of `records`, transformed by `transform` (see
+    `ssd.data.transforms.DetectionTransform`).
+
+    `dataset[i]` augments with the item seed `derive_seed(seed, i)` (a fixed augmentation per
+    index); `dataset[(i, item_seed)]` with `item_seed`: the random draws of the transform are a
+    pure function of it (torch's global RNG is forked, seeded, and restored afterwards).
+    The decoded image must have the size the annotation states (DatasetError otherwise).
+    """
+
+    def __init__(self, records: Sequence[Record], transform: Transform, seed: int = 0) -> None:
+        self.records = list(records)
+        self.transform = transform
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> Sample:
+        if isinstance(key, tuple):
+            index, item_seed = int(key[0]), int(key[1])
+        else:
+            index = int(key)
+            item_seed = derive_seed(self.seed, index)
+        rec = self.records[index]
+        image = load_image(rec.image_path)
+        h, w = int(image.shape[-2]), int(image.shape[-1])
+        if (rec.width, rec.height) != (w, h) and rec.width > 0:
+            raise DatasetError(
+                rec.annotation_path or rec.image_path,
+                f"annotation says {rec.width}x{rec.height} but {rec.image_path} is {w}x{h}",
+            )
+        boxes = torch.from_numpy(np.asarray(rec.boxes_px, np.float32)).reshape(-1, 4)
+        labels = torch.from_numpy(np.asarray(rec.labels, np.int64)).reshape(-1)
+        difficult = torch.from_numpy(np.asarray(rec.difficult, bool)).reshape(-1)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed)
+            img, boxes_rel, labels, difficult = self.transform(image, boxes, labels, difficult)
+        return Sample(img, boxes_rel, labels, difficult, rec.image_id, (h, w))
+
+
+def collate(samples: Sequence[Sample], use_difficult: bool = False) -> Batch:
+    """Stack samples into a `Batch`: images [B, 3, S, S], targets per image (boxes xyxy
+    relative, labels; difficult boxes dropped unless `use_difficult`), image ids and
+    `orig_sizes` [B, 2] float32 (height, width)."""
+    boxes, labels = [], []
+    for s in samples:
+        keep = torch.ones_like(s.difficult) if use_difficult else ~s.difficult
+        boxes.append(s.boxes[keep].to(torch.float32))
+        labels.append(s.labels[keep].to(torch.int64))
+    return Batch(
+        images=torch.stack([s.image for s in samples]),
+        targets=Targets(boxes, labels),
+        image_ids=[s.image_id for s in samples],
+        orig_sizes=torch.tensor([s.orig_size for s in samples], dtype=torch.float32).reshape(-1, 2),
+    )
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+class TrainBatchSampler:
+    """Infinite, resumable batches of `(index, item_seed)` keys.
+
+    Epoch e is `torch.randperm(length)` from a generator seeded with derive_seed(seed, 0, e);
+    epochs are concatenated into one stream of positions and iteration i takes positions
+    [i * B, (i + 1) * B) (a batch may straddle two epochs). The item seed of position p is
+    derive_seed(seed, 1, p). So iteration i's batch depends only on (seed, i), and
+    `start_iteration` resumes exactly.
+    """
+
+    def __init__(self, length: int, batch_size: int, seed: int, start_iteration: int = 0) -> None:
+        if length <= 0:
+            raise ValueError(f"cannot sample from an empty dataset (length {length})")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if start_iteration < 0:
+            raise ValueError(f"start_iteration must be >= 0, got {start_iteration}")
+        self.length = length
+        self.batch_size = batch_size
+        self.seed = seed
+        self.start_iteration = start_iteration
+        self._epoch = -1
+        self._perm: list[int] = []
+
+    def _permutation(self, epoch: int) -> list[int]:
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(derive_seed(self.seed, 0, epoch))
+            self._perm = torch.randperm(self.length, generator=g).tolist()
+            self._epoch = epoch
+        return self._perm
+
+    def batch(self, iteration: int) -> list[tuple[int, int]]:
+        """The keys of `iteration` (a pure function of seed and iteration)."""
+        out = []
+        for pos in range(iteration * self.batch_size, (iteration + 1) * self.batch_size):
+            epoch, offset = divmod(pos, self.length)
+            out.append((self._permutation(epoch)[offset], derive_seed(self.seed, 1, pos)))
+        return out
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        iteration = self.start_iteration
+        while True:
+            yield self.batch(iteration)
+            iteration += 1
+
+
+# --------------------------------------------------------------------------- loaders
+
+
+def _loader_kwargs(cfg: Config) -> dict[str, Any]:
+    nw = cfg.data.num_workers
+    return {
+        "num_workers": nw,
+        "pin_memory": torch.cuda.is_available(),
+        "persistent_workers": nw > 0,
+        "collate_fn": functools.partial(collate, use_difficult=cfg.data.use_difficult),
+    }
+
+
+def build_train_loader(cfg: Config, start_iteration: int = 0) -> DataLoader[Sample]:
+    """Infinite training loader (augmentation on), batches of `train.batch_size` starting at
+    iteration `start_iteration` (see `TrainBatchSampler`). Yields `Batch`es."""
+    records = build_records(cfg, "train")
+    transform = build_transforms(
+        cfg.augment, cfg.priors.image_size, cfg.input.mean, cfg.input.std, train=True
+    )
+    dataset = DetectionDataset(records, transform, seed=cfg.seed)
+    sampler = TrainBatchSampler(len(dataset), cfg.train.batch_size, cfg.seed, start_iteration)
+    return DataLoader(dataset, batch_sampler=sampler, **_loader_kwargs(cfg))
+
+
+def build_eval_loader(cfg: Config, split: Split | str = "val") -> DataLoader[Sample]:
+    """One ordered pass over `split` (resize only), batches of `eval.batch_size`. Yields
+    `Batch`es; `loader.dataset.records` are the records in loader order."""
+    records = build_records(cfg, split)
+    transform = build_transforms(
+        cfg.augment, cfg.priors.image_size, cfg.input.mean, cfg.input.std, train=False
+    )
+    dataset = DetectionDataset(records, transform, seed=cfg.seed)
+    return DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False, **_loader_kwargs(cfg))
