@@ -142,7 +142,9 @@ def plot_prior_shapes(
     hi = np.log2(boxes.image_size * 2.0)
     for ax, (name, levels) in zip(axes[0], prior_shapes.items()):
         if len(wh):
-            ax.hexbin(np.log2(wh[:, 0]), np.log2(wh[:, 1]), gridsize=40, cmap="Greys", mincnt=1, bins="log")
+            # bins="log" colours by log10(count + 1); vmin=0 keeps single boxes visible
+            ax.hexbin(np.log2(wh[:, 0]), np.log2(wh[:, 1]), gridsize=40, cmap="Blues", mincnt=1,
+                      bins="log", vmin=0.0)  # fmt: skip
         cmap = plt.get_cmap("viridis", max(len(levels), 2))
         for level, shapes in enumerate(levels):
             if shapes:

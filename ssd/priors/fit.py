@@ -1,0 +1,546 @@
+"""How well a prior set fits a dataset: a read-only report that measures what the matcher sees.
+
+Everything is computed in **network-input space**: SSD warps every image to S x S, so a box of a
+W x H image is scaled by S/W in x and S/H in y before any IoU (`records_to_boxes`). Two IoUs
+are reported, and labelled:
+
+- *shape* IoU (YOLO9000's k-means measure): the box and a prior shape co-centred, best over the
+  distinct shapes; it ignores where priors sit and so over-states the fit;
+- *grid* IoU: best IoU against the actual positioned priors (cell centres
+  ((j + 0.5) step, (i + 0.5) step)), which is what `ssd.priors.matcher.match` uses.
+
+Grid statistics are exact and cheap for the regular (unclipped) layout: on one level, all priors
+of one shape form a lattice and the IoU with a box factorises into an x-overlap that depends only
+on the column and a y-overlap that depends only on the row, each non-increasing with the distance
+between centres. So the best prior of a (level, shape) is the one in the cell that contains the
+box centre (O(1) per box), and the number of priors with IoU >= t is a sum over rows of an
+interval length in columns (O(feature map) per box). Memory stays O(chunk x feature map). Clipped
+or arbitrary priors take `dense_grid_stats` (torchvision box_iou over chunks of ground truth).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision.ops import box_iou
+
+from ssd.boxes import cxcywh_to_xyxy, pixels_to_relative, shape_iou
+from ssd.config import PriorsConfig
+from ssd.data.records import Record
+from ssd.priors.generator import (
+    PriorLayout,
+    assemble_priors,
+    flat_shapes,
+    prior_layout,
+    shapes_per_level,
+)
+
+log = logging.getLogger(__name__)
+
+Shape = tuple[float, float]
+
+# Size buckets by sqrt(area) in input pixels (COCO's 32 / 96 split), plus elongated boxes.
+SIZE_BUCKETS: tuple[tuple[str, float, float], ...] = (
+    ("small", 0.0, 32.0),
+    ("medium", 32.0, 96.0),
+    ("large", 96.0, math.inf),
+)
+BAND_ASPECT = 5.0  # "band" bucket: max(w/h, h/w) > 5 (overlaps the size buckets)
+
+
+# --------------------------------------------------------------------------- boxes in input space
+
+
+@dataclass(frozen=True)
+class BoxSet:
+    """Ground-truth boxes of many images, in network-input space.
+
+    `boxes` [G, 4] float64 xyxy relative to the (warped) input, `labels` [G] int64 (1..C-1),
+    `image_index` [G] index into `image_ids`, `image_size` S (input pixels per side).
+    """
+
+    boxes: np.ndarray
+    labels: np.ndarray
+    image_index: np.ndarray
+    image_ids: tuple[str, ...]
+    image_size: int
+
+    @property
+    def num_boxes(self) -> int:
+        return int(self.boxes.shape[0])
+
+    @property
+    def boxes_px(self) -> np.ndarray:
+        """[G, 4] xyxy in input pixels."""
+        out: np.ndarray = self.boxes * self.image_size
+        return out
+
+    @property
+    def wh_px(self) -> np.ndarray:
+        """[G, 2] (w, h) in input pixels."""
+        b = self.boxes_px
+        return np.stack([b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], axis=1)
+
+    def subset(self, index: np.ndarray) -> BoxSet:
+        """The boxes selected by an integer or boolean `index` (images are kept as they are)."""
+        return BoxSet(
+            self.boxes[index], self.labels[index], self.image_index[index], self.image_ids, self.image_size
+        )
+
+
+def records_to_boxes(records: Sequence[Record], image_size: int, *, include_difficult: bool = True) -> BoxSet:
+    """All boxes of `records` warped to the S x S input exactly as the model sees them:
+    relative xyxy = boxes_px / (W, H) (x scaled by S/W and y by S/H in input pixels).
+
+    Degenerate boxes (w or h <= 0 after the warp) are dropped with a warning.
+    """
+    boxes, labels, index, ids = [], [], [], []
+    for i, rec in enumerate(records):
+        ids.append(rec.image_id)
+        if rec.num_boxes == 0:
+            continue
+        keep = np.ones(rec.num_boxes, bool)
+        if not include_difficult and rec.difficult.size:
+            keep &= ~rec.difficult.astype(bool)
+        if not keep.any():
+            continue
+        px = torch.from_numpy(np.asarray(rec.boxes_px, dtype=np.float64)[keep])
+        rel = pixels_to_relative(px, float(rec.width), float(rec.height)).numpy()
+        boxes.append(rel)
+        labels.append(np.asarray(rec.labels, dtype=np.int64)[keep])
+        index.append(np.full(rel.shape[0], i, np.int64))
+    if boxes:
+        b, lab, idx = np.concatenate(boxes), np.concatenate(labels), np.concatenate(index)
+    else:
+        b, lab, idx = np.zeros((0, 4)), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    ok = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+    if not ok.all():
+        log.warning("dropping %d degenerate boxes (zero width or height)", int((~ok).sum()))
+        b, lab, idx = b[ok], lab[ok], idx[ok]
+    return BoxSet(b, lab, idx, tuple(ids), int(image_size))
+
+
+def records_to_input_wh(
+    records: Sequence[Record], image_size: int, *, include_difficult: bool = True
+) -> np.ndarray:
+    """[N, 2] (w, h) of every box in input pixels: (w * S / W, h * S / H)."""
+    return records_to_boxes(records, image_size, include_difficult=include_difficult).wh_px
+
+
+def records_to_input_boxes(
+    records: Sequence[Record], image_size: int, *, include_difficult: bool = True
+) -> list[np.ndarray]:
+    """Per image [G_i, 4] xyxy relative to the warped input (the positioned version)."""
+    bs = records_to_boxes(records, image_size, include_difficult=include_difficult)
+    return [bs.boxes[bs.image_index == i] for i in range(len(records))]
+
+
+# --------------------------------------------------------------------------- prior grid
+
+
+@dataclass(frozen=True)
+class PriorGrid:
+    """A prior set as levels of lattices: per level the shapes [w, h] in input pixels, the
+    feature map size f (f x f cells) and the step (pixels between cell centres)."""
+
+    shapes: tuple[tuple[Shape, ...], ...]
+    feature_maps: tuple[int, ...]
+    steps: tuple[float, ...]
+    image_size: int
+    clip: bool = False
+
+    def __post_init__(self) -> None:
+        n = len(self.feature_maps)
+        if len(self.shapes) != n or len(self.steps) != n:
+            raise ValueError(
+                f"prior grid: {len(self.shapes)} shape levels, {n} feature maps, {len(self.steps)} steps"
+            )
+
+    @classmethod
+    def from_config(cls, cfg: PriorsConfig) -> PriorGrid:
+        levels = shapes_per_level(cfg)
+        return cls(
+            shapes=tuple(tuple((float(w), float(h)) for w, h in level) for level in levels),
+            feature_maps=tuple(int(f) for f in cfg.feature_maps),
+            steps=tuple(float(s) for s in cfg.steps),
+            image_size=int(cfg.image_size),
+            clip=bool(cfg.clip),
+        )
+
+    @classmethod
+    def from_layout(cls, layout: PriorLayout, shapes_wh: Tensor, clip: bool = False) -> PriorGrid:
+        """From a `PriorLayout` and its flat shapes [S, 2] (relative w, h), e.g. learned ones."""
+        wh = (shapes_wh.detach().cpu().double() * layout.image_size).tolist()
+        levels, start = [], 0
+        for n in layout.num_shapes:
+            levels.append(tuple((float(w), float(h)) for w, h in wh[start : start + n]))
+            start += n
+        return cls(tuple(levels), layout.feature_maps, layout.steps, layout.image_size, clip)
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.feature_maps)
+
+    @property
+    def num_priors(self) -> int:
+        return sum(f * f * len(s) for f, s in zip(self.feature_maps, self.shapes))
+
+    @property
+    def boxes_per_cell(self) -> int:
+        """Sum over levels of the shapes per cell (SSD's "default boxes per location", summed)."""
+        return sum(len(s) for s in self.shapes)
+
+    def layout(self) -> PriorLayout:
+        return prior_layout(self.feature_maps, self.steps, [len(s) for s in self.shapes], self.image_size)
+
+    def priors(self) -> Tensor:
+        """[P, 4] cxcywh relative, in generator order (as `ssd.generate_priors`)."""
+        levels = [list(s) for s in self.shapes]
+        return assemble_priors(self.layout(), flat_shapes(levels, self.image_size), clip=self.clip)
+
+    def distinct_shapes(self) -> np.ndarray:
+        """[U, 2] distinct (w, h) over all levels, input pixels."""
+        flat = np.array([wh for level in self.shapes for wh in level], dtype=np.float64).reshape(-1, 2)
+        return np.unique(flat, axis=0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "image_size": self.image_size,
+            "feature_maps": list(self.feature_maps),
+            "steps": list(self.steps),
+            "shapes": [[[round(w, 3), round(h, 3)] for w, h in level] for level in self.shapes],
+            "clip": self.clip,
+        }
+
+
+# --------------------------------------------------------------------------- lattice IoU
+
+
+def _overlap_nearest(g1: np.ndarray, g2: np.ndarray, step: float, f: int, size: np.ndarray) -> np.ndarray:
+    """1-D overlap [G, S] of intervals [g1, g2] (pixels, [G]) with the prior of length `size` [S]
+    centred in the cell that contains the interval's centre (clamped to the map)."""
+    centre = 0.5 * (g1 + g2)
+    j = np.clip(np.floor(centre / step), 0, f - 1)
+    c = (j + 0.5) * step
+    lo = np.maximum(g1[:, None], c[:, None] - size[None, :] / 2)
+    hi = np.minimum(g2[:, None], c[:, None] + size[None, :] / 2)
+    out: np.ndarray = np.clip(hi - lo, 0.0, None)
+    return out
+
+
+def lattice_best_iou(boxes_px: np.ndarray, shapes: np.ndarray, feature_map: int, step: float) -> np.ndarray:
+    """Best IoU [G, S] of boxes [G, 4] (xyxy, input pixels) against each lattice of priors with
+    shape `shapes` [S, 2] (w, h pixels) centred at ((j + 0.5) step, (i + 0.5) step), 0 <= i,j < f.
+
+    Exact: IoU = ox * oy / (A + B - ox * oy) with ox depending on the column only and oy on the
+    row only, both largest in the cell containing the box centre.
+    """
+    b = np.asarray(boxes_px, dtype=np.float64)
+    s = np.asarray(shapes, dtype=np.float64).reshape(-1, 2)
+    ox = _overlap_nearest(b[:, 0], b[:, 2], step, feature_map, s[:, 0])
+    oy = _overlap_nearest(b[:, 1], b[:, 3], step, feature_map, s[:, 1])
+    inter = ox * oy
+    area_g = ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))[:, None]
+    union = area_g + (s[:, 0] * s[:, 1])[None, :] - inter
+    out: np.ndarray = inter / np.maximum(union, 1e-12)
+    return out
+
+
+def _count_within(centre: np.ndarray, radius: np.ndarray, step: float, f: int) -> np.ndarray:
+    """Number of cell centres (j + 0.5) step, 0 <= j < f, with |c_j - centre| <= radius."""
+    lo = np.maximum(np.ceil((centre - radius) / step - 0.5), 0)
+    hi = np.minimum(np.floor((centre + radius) / step - 0.5), f - 1)
+    out: np.ndarray = np.where(radius >= 0, np.clip(hi - lo + 1, 0, None), 0)
+    return out
+
+
+def lattice_positives(
+    boxes_px: np.ndarray, shape: Shape, feature_map: int, step: float, threshold: float
+) -> np.ndarray:
+    """Number of priors [G] of one lattice (one shape on one level) with IoU >= `threshold`.
+
+    IoU >= t  <=>  ox * oy >= T = t (A + B) / (1 + t). For each row i with y-overlap oy_i the
+    columns must have ox >= T / oy_i =: c, and ox(d) = min(gw, pw, (gw + pw) / 2 - |d|) (d the
+    centre distance) is >= c iff c <= min(gw, pw) and |d| <= (gw + pw) / 2 - c: an interval.
+    """
+    b = np.asarray(boxes_px, dtype=np.float64)
+    pw, ph = float(shape[0]), float(shape[1])
+    gw, gh = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    gcx, gcy = 0.5 * (b[:, 0] + b[:, 2]), 0.5 * (b[:, 1] + b[:, 3])
+    big_t = threshold * (gw * gh + pw * ph) / (1.0 + threshold)  # [G]
+    cy = (np.arange(feature_map) + 0.5) * step  # [f] row centres
+    dy = np.abs(cy[None, :] - gcy[:, None])  # [G, f]
+    oy = np.clip(np.minimum(np.minimum(gh, ph)[:, None], (gh[:, None] + ph) / 2 - dy), 0.0, None)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        need = np.where(oy > 0, big_t[:, None] / oy, np.inf)  # required x-overlap per row
+    ok = need <= np.minimum(gw, pw)[:, None]
+    radius = np.where(ok, (gw[:, None] + pw) / 2 - need, -1.0)
+    counts = _count_within(np.broadcast_to(gcx[:, None], radius.shape), radius, step, feature_map)
+    out: np.ndarray = counts.sum(axis=1).astype(np.int64)
+    return out
+
+
+@dataclass
+class GridStats:
+    """Per ground truth [G]: best grid IoU, its level and flat shape index (into the grid's shapes,
+    level 0 first), the number of priors with IoU >= threshold, and the best shape IoU."""
+
+    best_iou: np.ndarray
+    best_level: np.ndarray
+    best_shape: np.ndarray
+    num_above: np.ndarray
+    shape_iou: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+def grid_stats(
+    grid: PriorGrid, boxes: BoxSet | np.ndarray, threshold: float, *, chunk: int = 16384
+) -> GridStats:
+    """Exact grid statistics of an unclipped `grid` for boxes (a BoxSet, or [G, 4] xyxy relative).
+
+    Uses the lattice factorisation (see the module docstring); memory O(chunk x max(f, shapes)).
+    """
+    if grid.clip:
+        raise ValueError("grid_stats needs unclipped priors; use dense_grid_stats for clip=True")
+    rel = boxes.boxes if isinstance(boxes, BoxSet) else np.asarray(boxes, dtype=np.float64)
+    px = rel * grid.image_size
+    g = px.shape[0]
+    best = np.full(g, -1.0)
+    best_level = np.zeros(g, np.int64)
+    best_shape = np.zeros(g, np.int64)
+    num_above = np.zeros(g, np.int64)
+    offset = 0
+    for level, (shapes, f, step) in enumerate(zip(grid.shapes, grid.feature_maps, grid.steps)):
+        arr = np.array(shapes, dtype=np.float64).reshape(-1, 2)
+        for start in range(0, g, chunk):
+            sl = slice(start, min(start + chunk, g))
+            iou = lattice_best_iou(px[sl], arr, f, step)  # [g', S_l]
+            j = iou.argmax(axis=1)
+            v = iou[np.arange(iou.shape[0]), j]
+            better = v > best[sl]
+            best[sl] = np.where(better, v, best[sl])
+            best_level[sl] = np.where(better, level, best_level[sl])
+            best_shape[sl] = np.where(better, offset + j, best_shape[sl])
+            for s_idx, shape in enumerate(shapes):
+                # a lattice can only hold a positive where its best IoU is one
+                cand = np.flatnonzero(iou[:, s_idx] >= threshold)
+                if cand.size:
+                    num_above[start + cand] += lattice_positives(px[sl][cand], shape, f, step, threshold)
+        offset += len(shapes)
+    return GridStats(best, best_level, best_shape, num_above)
+
+
+def dense_grid_stats(
+    priors: Tensor,
+    layout: PriorLayout,
+    boxes: BoxSet | np.ndarray,
+    threshold: float,
+    *,
+    max_elements: int = 1 << 24,
+) -> GridStats:
+    """Grid statistics against arbitrary priors [P, 4] (cxcywh relative; e.g. clipped), by
+    torchvision box_iou over chunks of ground truth holding at most `max_elements` IoUs."""
+    rel = boxes.boxes if isinstance(boxes, BoxSet) else np.asarray(boxes, dtype=np.float64)
+    pri = cxcywh_to_xyxy(priors.detach().double().cpu())
+    g, p = rel.shape[0], pri.shape[0]
+    chunk = max(1, max_elements // max(p, 1))
+    best = np.zeros(g)
+    idx = np.zeros(g, np.int64)
+    num_above = np.zeros(g, np.int64)
+    gt = torch.from_numpy(rel)
+    for start in range(0, g, chunk):
+        iou = box_iou(gt[start : start + chunk], pri)
+        v, j = iou.max(dim=1)
+        best[start : start + chunk] = v.numpy()
+        idx[start : start + chunk] = j.numpy()
+        num_above[start : start + chunk] = (iou >= threshold).sum(dim=1).numpy()
+    level = layout.level_index.numpy()[idx] if g else np.zeros(0, np.int64)
+    shape = layout.shape_index.numpy()[idx] if g else np.zeros(0, np.int64)
+    return GridStats(best, level.astype(np.int64), shape.astype(np.int64), num_above)
+
+
+def best_shape_iou(wh_px: np.ndarray, shapes_px: np.ndarray, *, chunk: int = 65536) -> np.ndarray:
+    """[G] best co-centred (shape) IoU of each (w, h) against the distinct prior shapes."""
+    s = torch.from_numpy(np.asarray(shapes_px, dtype=np.float64).reshape(-1, 2))
+    wh = torch.from_numpy(np.asarray(wh_px, dtype=np.float64).reshape(-1, 2))
+    out = np.zeros(wh.shape[0])
+    for start in range(0, wh.shape[0], chunk):
+        out[start : start + chunk] = shape_iou(wh[start : start + chunk], s).max(dim=1).values.numpy()
+    return out
+
+
+def compute_stats(
+    grid: PriorGrid,
+    boxes: BoxSet,
+    threshold: float,
+    *,
+    priors: Tensor | None = None,
+) -> GridStats:
+    """Grid and shape statistics of `boxes`; `priors` (cxcywh relative, generator order) replaces
+    the grid's own priors (then, like for clip=True, the dense path is used)."""
+    if priors is not None or grid.clip:
+        pri = grid.priors() if priors is None else priors
+        stats = dense_grid_stats(pri, grid.layout(), boxes, threshold)
+    else:
+        stats = grid_stats(grid, boxes, threshold)
+    stats.shape_iou = best_shape_iou(boxes.wh_px, grid.distinct_shapes())
+    return stats
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def _summary(stats: GridStats, sel: np.ndarray, threshold: float) -> dict[str, Any]:
+    n = int(sel.sum()) if sel.dtype == bool else int(sel.size)
+    if n == 0:
+        return {
+            "num_gt": 0,
+            "mean_iou_shape": None,
+            "mean_iou_grid": None,
+            "recall": None,
+            "recall_shape": None,
+            "positives_per_gt": None,
+        }
+    return {
+        "num_gt": n,
+        "mean_iou_shape": float(stats.shape_iou[sel].mean()),
+        "mean_iou_grid": float(stats.best_iou[sel].mean()),
+        "recall": float((stats.best_iou[sel] >= threshold).mean()),
+        "recall_shape": float((stats.shape_iou[sel] >= threshold).mean()),
+        # the matcher forces every ground truth onto its best prior: at least one positive
+        "positives_per_gt": float(np.maximum(stats.num_above[sel], 1).mean()),
+    }
+
+
+def fit_report(
+    grid: PriorGrid,
+    boxes: BoxSet,
+    class_names: Sequence[str],
+    *,
+    iou_threshold: float = 0.5,
+    priors: Tensor | None = None,
+    max_unmatched: int = 50,
+) -> dict[str, Any]:
+    """The fit of a prior set to ground truth, JSON-ready.
+
+    Keys: `num_priors`, `boxes_per_cell`, `num_gt`, `num_images`, `iou_threshold`,
+    `mean_iou_shape` (co-centred, best over the distinct shapes), `mean_iou_grid` (best over the
+    positioned priors, as the matcher sees them), `recall` (share of ground truth with a prior at
+    grid IoU >= threshold), `recall_shape`, `positives_per_gt` (priors at IoU >= threshold, at
+    least 1 because of the matcher's forcing step), `per_class` and `per_size` (the same figures
+    per class name and per size bucket: sqrt area in input pixels small < 32 <= medium < 96 <=
+    large, plus `band` = aspect > 5), `per_level` (shapes and how many ground truths have their
+    best prior there), `unmatched` (count, per class, and the worst `max_unmatched` listed by
+    input-pixel shape), `grid` (the prior layout). `class_names` map labels 1..C-1.
+    """
+    stats = compute_stats(grid, boxes, iou_threshold, priors=priors)
+    everything = np.ones(boxes.num_boxes, bool)
+    report: dict[str, Any] = {
+        "num_priors": grid.num_priors if priors is None else int(priors.shape[0]),
+        "boxes_per_cell": grid.boxes_per_cell,
+        "num_gt": boxes.num_boxes,
+        "num_images": len(boxes.image_ids),
+        "image_size": grid.image_size,
+        "iou_threshold": iou_threshold,
+    }
+    overall = _summary(stats, everything, iou_threshold)
+    overall.pop("num_gt")
+    report.update(overall)
+    report["per_class"] = {
+        name: _summary(stats, boxes.labels == i + 1, iou_threshold) for i, name in enumerate(class_names)
+    }
+    wh = boxes.wh_px
+    scale = np.sqrt(wh[:, 0] * wh[:, 1])
+    aspect = np.maximum(wh[:, 0] / wh[:, 1], wh[:, 1] / wh[:, 0]) if boxes.num_boxes else np.zeros(0)
+    per_size = {
+        name: _summary(stats, (scale >= lo) & (scale < hi), iou_threshold) for name, lo, hi in SIZE_BUCKETS
+    }
+    per_size[f"band (aspect > {BAND_ASPECT:g})"] = _summary(stats, aspect > BAND_ASPECT, iou_threshold)
+    report["per_size"] = per_size
+    report["per_level"] = [
+        {
+            "level": level,
+            "feature_map": f,
+            "step": step,
+            "num_shapes": len(shapes),
+            "num_priors": f * f * len(shapes),
+            "shapes": [[round(w, 2), round(h, 2)] for w, h in shapes],
+            "best_for_gt": int((stats.best_level == level).sum()),
+        }
+        for level, (shapes, f, step) in enumerate(zip(grid.shapes, grid.feature_maps, grid.steps))
+    ]
+    miss = np.flatnonzero(stats.best_iou < iou_threshold)
+    worst = miss[np.argsort(stats.best_iou[miss], kind="stable")][:max_unmatched]
+    report["unmatched"] = {
+        "count": int(miss.size),
+        "per_class": {name: int((boxes.labels[miss] == i + 1).sum()) for i, name in enumerate(class_names)},
+        "worst": [
+            {
+                "image_id": boxes.image_ids[int(boxes.image_index[i])],
+                "class": _class_name(class_names, int(boxes.labels[i])),
+                "w": round(float(wh[i, 0]), 2),
+                "h": round(float(wh[i, 1]), 2),
+                "cx": round(float((boxes.boxes[i, 0] + boxes.boxes[i, 2]) / 2 * boxes.image_size), 2),
+                "cy": round(float((boxes.boxes[i, 1] + boxes.boxes[i, 3]) / 2 * boxes.image_size), 2),
+                "iou_grid": round(float(stats.best_iou[i]), 4),
+                "iou_shape": round(float(stats.shape_iou[i]), 4),
+            }
+            for i in worst
+        ],
+    }
+    report["grid"] = grid.to_dict()
+    return report
+
+
+def _class_name(names: Sequence[str], label: int) -> str:
+    return names[label - 1] if 1 <= label <= len(names) else str(label)
+
+
+def _fmt(v: Any, pct: bool = False) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{100 * v:.1f}" if pct else f"{v:.3f}"
+    return str(v)
+
+
+def fit_table_markdown(reports: dict[str, dict[str, Any]]) -> str:
+    """Side-by-side Markdown tables of several fit reports (name -> `fit_report` dict): the
+    overall figures, then recall@threshold per class and per size bucket."""
+    names = list(reports)
+    first = reports[names[0]]
+    t = first["iou_threshold"]
+    lines = [
+        "| priors | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    rows = [
+        ("priors", "num_priors", False),
+        ("boxes per cell", "boxes_per_cell", False),
+        ("mean IoU, shape (co-centred)", "mean_iou_shape", True),
+        ("mean IoU, grid (matcher)", "mean_iou_grid", True),
+        (f"recall@{t:g}, grid", "recall", True),
+        (f"recall@{t:g}, shape", "recall_shape", True),
+        ("positives per GT", "positives_per_gt", False),
+    ]
+    for label, key, pct in rows:
+        lines.append(f"| {label} | " + " | ".join(_fmt(reports[n].get(key), pct) for n in names) + " |")
+    lines += ["", f"Grid recall@{t:g} (%) per class and size bucket (ground truth count in brackets):", ""]
+    lines.append("| group | GT | " + " | ".join(names) + " |")
+    lines.append("|---|---:|" + "---:|" * len(names))
+    for section in ("per_class", "per_size"):
+        for group, s in first[section].items():
+            vals = " | ".join(_fmt(reports[n][section][group]["recall"], True) for n in names)
+            lines.append(f"| {group} | {s['num_gt']} | {vals} |")
+    return "\n".join(lines) + "\n"
+
+
+def level_costs(feature_maps: Sequence[int]) -> list[int]:
+    """Priors one shape costs on each level: f^2."""
+    return [int(f) * int(f) for f in feature_maps]

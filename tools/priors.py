@@ -1,0 +1,478 @@
+"""Prior toolkit: measure how priors fit a dataset, cluster box shapes, write optimised prior configs.
+
+All box statistics are in network-input space (boxes warped to the S x S input as the model sees
+them). Boxes come from ``--annotations PATH --format voc|coco|labelme [--split FILE]`` or, without
+``--annotations``, from the config's data section (``--split-name train|val``).
+
+    python -m tools.priors fit --config configs/ssd512_aluminum.yaml --split-name val \\
+        [--compare runs/priors/coverage.yaml ...] [--output-dir DIR] [--json]
+    python -m tools.priors kmeans --config CFG --k 9 [--metric iou|euclidean|ratio-scale]
+        [--update mean|median] [--restarts 10] [--seed 0]
+    python -m tools.priors sweep --config CFG --k-min 2 --k-max 16 --output-dir DIR
+    python -m tools.priors optimize --config BASE --out NEW.yaml [--method paper|coverage]
+        [--max-priors N] [--output-dir DIR]
+
+``fit`` reports (labelled) shape IoU and grid IoU, recall@t (the matcher threshold), positives
+per ground truth, per class and size bucket, and the unmatched ground truth by shape; with
+``--output-dir`` it writes fit.json, fit.md, shapes.png (density + priors) and recall.png.
+``optimize`` writes NEW.yaml = BASE + a shape-form ``priors:`` section (it loads with
+ssd.load_config and builds with ssd.build_model).
+
+Exit status: 0 ok, 2 usage, config or data error (the message names the culprit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ssd.config import Config, ConfigError, load_config
+from ssd.data.records import DatasetError, Record
+
+FORMATS = ("voc", "coco", "labelme")
+METRICS = ("iou", "euclidean", "ratio-scale")
+
+
+class UsageError(ValueError):
+    """A command-line problem (exit 2)."""
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config (priors, classes, input size and the data section)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set data.root=/data/tianchi (repeatable)",
+    )
+    p.add_argument("--annotations", type=Path, help="dataset root (voc, labelme) or COCO json")
+    p.add_argument("--format", choices=FORMATS, help="annotation format (default: the config's)")
+    p.add_argument("--split", type=Path, help="split file (voc: stems; labelme: image paths)")
+    p.add_argument("--image-root", type=Path, help="coco: folder the file_names are relative to")
+    p.add_argument(
+        "--split-name",
+        choices=("train", "val"),
+        default=None,
+        help="without --annotations: which split of the config's data (default: train; fit: val)",
+    )
+    p.add_argument("--output-dir", type=Path, help="write JSON/Markdown/PNG results here")
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="ssd-priors", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    f = sub.add_parser("fit", help="read-only report of how a prior set fits the ground truth")
+    _data_args(f)
+    f.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="CFG",
+        help="also report the priors of this config on the same boxes (repeatable)",
+    )
+    f.add_argument("--iou", type=float, help="IoU threshold (default: the config's matcher threshold)")
+    f.add_argument("--max-unmatched", type=int, default=50, help="unmatched ground truth to list")
+
+    k = sub.add_parser("kmeans", help="cluster box shapes")
+    _data_args(k)
+    k.add_argument("--k", type=int, required=True)
+    k.add_argument("--metric", choices=METRICS, default="iou")
+    k.add_argument("--update", choices=("mean", "median"), default="mean")
+    k.add_argument("--restarts", type=int, default=10)
+    k.add_argument("--seed", type=int, default=0)
+
+    s = sub.add_parser("sweep", help="mean shape IoU versus k for each metric")
+    _data_args(s)
+    s.add_argument("--k-min", type=int, default=2)
+    s.add_argument("--k-max", type=int, default=16)
+    s.add_argument(
+        "--metrics", default=",".join(METRICS), help="comma-separated subset of " + ",".join(METRICS)
+    )
+    s.add_argument("--update", choices=("mean", "median"), default="mean")
+    s.add_argument("--restarts", type=int, default=10)
+    s.add_argument("--seed", type=int, default=0)
+
+    o = sub.add_parser("optimize", help="write a prior config (shape form) fitted to the training boxes")
+    _data_args(o)
+    o.add_argument("--out", type=Path, required=True, help="the new config YAML")
+    o.add_argument("--method", choices=("paper", "coverage"), default="coverage")
+    o.add_argument("--max-priors", type=int, help="prior budget (default: the base config's count)")
+    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--restarts", type=int, default=10, help="k-means restarts")
+    o.add_argument("--sample-size", type=int, default=8000, help="coverage: boxes x jitter copies scored")
+    o.add_argument("--iou-weight", type=float, default=0.5, help="coverage: objective recall + w * mean IoU")
+    o.add_argument("--max-shapes-per-level", type=int, default=12, help="coverage: shapes per level cap")
+    return ap
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _load_cfg(path: str | None, overrides: list[str]) -> Config:
+    return load_config(path, overrides)
+
+
+def load_records(cfg: Config, args: argparse.Namespace, default_split: str) -> list[Record]:
+    """Annotation records from --annotations (no image is opened) or the config's data split."""
+    from ssd.data.coco import read_coco_records
+    from ssd.data.labelme import read_labelme_records
+    from ssd.data.loader import build_records
+    from ssd.data.voc import read_voc_records
+
+    classes = cfg.data.classes
+    if args.annotations is None:
+        if args.format or args.split or args.image_root:
+            raise UsageError("--format/--split/--image-root need --annotations")
+        return build_records(cfg, args.split_name or default_split)
+    if args.split_name:
+        raise UsageError("--split-name selects a split of the config's data; with --annotations use --split")
+    fmt = args.format or ("labelme" if cfg.data.format == "synthetic" else cfg.data.format)
+    path = Path(args.annotations)
+    if not path.exists():
+        raise DatasetError(path, "--annotations: not found")
+    if fmt == "voc":
+        return read_voc_records(path, args.split, classes, check_images=False)
+    if fmt == "labelme":
+        return read_labelme_records(path, args.split, classes, check_images=False)
+    if fmt == "coco":
+        if args.split:
+            raise UsageError("--split does not apply to coco (one json per split)")
+        return read_coco_records(path, args.image_root or path.parent, classes, check_images=False)
+    raise UsageError(f"--format: unknown format {fmt!r}")  # pragma: no cover - argparse choices
+
+
+def _boxes(cfg: Config, args: argparse.Namespace, default_split: str) -> Any:
+    from ssd.priors.fit import records_to_boxes
+
+    records = load_records(cfg, args, default_split)
+    boxes = records_to_boxes(records, cfg.priors.image_size, include_difficult=cfg.data.use_difficult)
+    if boxes.num_boxes == 0:
+        raise DatasetError(args.annotations or cfg.data.root, "no ground-truth boxes")
+    return boxes
+
+
+def _source(cfg_path: str | None, args: argparse.Namespace, default_split: str) -> str:
+    if args.annotations is not None:
+        return f"{args.annotations}" + (f" (split {args.split})" if args.split else "")
+    return f"{cfg_path or 'defaults'}: data split {args.split_name or default_split}"
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, default=float) + "\n", encoding="utf-8")
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=float))
+
+
+def _name(path: str | None) -> str:
+    return Path(path).stem if path else "defaults"
+
+
+# --------------------------------------------------------------------------- fit
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from ssd.priors.fit import PriorGrid, fit_report, fit_table_markdown
+    from ssd.priors.plots import plot_class_recall, plot_shape_density
+
+    cfg = _load_cfg(args.config, args.overrides)
+    boxes = _boxes(cfg, args, "val")
+    thr = cfg.matcher.iou_threshold if args.iou is None else args.iou
+    if not 0 < thr < 1:
+        raise UsageError(f"--iou must be in (0, 1), got {thr}")
+    configs: dict[str, Config] = {_name(args.config): cfg}
+    for path in args.compare:
+        other = load_config(path, args.overrides)
+        name = _name(path)
+        while name in configs:
+            name += "'"
+        configs[name] = other
+    reports: dict[str, dict[str, Any]] = {}
+    grids = {}
+    for name, c in configs.items():
+        grid = PriorGrid.from_config(c.priors)
+        b = (
+            boxes
+            if c.priors.image_size == boxes.image_size
+            else dataclasses.replace(boxes, image_size=c.priors.image_size)
+        )
+        reports[name] = fit_report(
+            grid, b, cfg.data.classes, iou_threshold=thr, max_unmatched=args.max_unmatched
+        )
+        grids[name] = grid
+    source = _source(args.config, args, "val")
+    first = next(iter(reports))
+    summary: dict[str, Any] = {"config": args.config, "boxes": source, **reports[first]}
+    if len(reports) > 1:
+        summary["compare"] = {n: {"config": p, **reports[n]} for n, p in zip(list(reports)[1:], args.compare)}
+    table = fit_table_markdown(reports)
+    if args.output_dir is not None:
+        out = args.output_dir
+        _write_json(out / "fit.json", summary)
+        (out / "fit.md").write_text(
+            f"# Prior fit\n\nBoxes: {source} ({boxes.num_boxes} ground truths)\n\n" + table, encoding="utf-8"
+        )
+        plot_shape_density(
+            boxes.wh_px,
+            {n: g.shapes for n, g in grids.items()},
+            out / "shapes.png",
+            image_size=boxes.image_size,
+        )
+        plot_class_recall(reports, out / "recall.png")
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"boxes: {source}: {boxes.num_boxes} ground truths in {len(boxes.image_ids)} images")
+        print(table)
+        for name, rep in reports.items():
+            un = rep["unmatched"]
+            print(
+                f"{name}: {un['count']} ground truths without a prior at IoU >= {thr:g}"
+                + (
+                    "; worst: "
+                    + ", ".join(
+                        f"{u['class']} {u['w']:.0f}x{u['h']:.0f} ({u['iou_grid']:.2f})"
+                        for u in un["worst"][:8]
+                    )
+                    if un["worst"]
+                    else ""
+                )
+            )
+        if args.output_dir is not None:
+            print(f"wrote {args.output_dir}/fit.json, fit.md, shapes.png, recall.png")
+    return 0
+
+
+# --------------------------------------------------------------------------- kmeans / sweep
+
+
+def _level_cost_by_size(centroids: np.ndarray, cfg: Config) -> int:
+    """Priors if each shape sits on the one level whose base scale is closest to its size (log
+    sqrt area), every level keeping at least one shape."""
+    from ssd.priors.fit import PriorGrid
+
+    grid = PriorGrid.from_config(cfg.priors)
+    level_scale = np.array([np.exp(np.mean([0.5 * np.log(w * h) for w, h in s])) for s in grid.shapes])
+    scale = np.sqrt(centroids[:, 0] * centroids[:, 1])
+    level = np.abs(np.log(scale)[:, None] - np.log(level_scale)[None, :]).argmin(axis=1)
+    counts = np.maximum(np.bincount(level, minlength=grid.num_levels), 1)
+    return int(sum(int(f) ** 2 * int(n) for f, n in zip(grid.feature_maps, counts)))
+
+
+def _costs(centroids: np.ndarray, cfg: Config) -> dict[str, int]:
+    cells = sum(int(f) ** 2 for f in cfg.priors.feature_maps)
+    return {
+        "priors_all_levels": int(centroids.shape[0]) * cells,
+        "priors_by_size": _level_cost_by_size(centroids, cfg),
+    }
+
+
+def cmd_kmeans(args: argparse.Namespace) -> int:
+    from ssd.priors.kmeans import cluster_shapes
+    from ssd.priors.plots import plot_shape_density
+
+    cfg = _load_cfg(args.config, args.overrides)
+    boxes = _boxes(cfg, args, "train")
+    res = cluster_shapes(
+        boxes.wh_px, args.k, metric=args.metric, update=args.update, restarts=args.restarts, seed=args.seed
+    )
+    summary = {
+        "boxes": _source(args.config, args, "train"),
+        "num_boxes": boxes.num_boxes,
+        "image_size": boxes.image_size,
+        "seed": args.seed,
+        "restarts": args.restarts,
+        **res.to_dict(),
+        **_costs(res.centroids, cfg),
+    }
+    if args.output_dir is not None:
+        _write_json(args.output_dir / "kmeans.json", summary)
+        plot_shape_density(
+            boxes.wh_px,
+            {f"{args.metric} k={args.k}": [list(map(tuple, res.centroids))]},
+            args.output_dir / "kmeans.png",
+            image_size=boxes.image_size,
+        )
+    if args.json:
+        _print_json(summary)
+    else:
+        print(
+            f"{args.metric} k-means ({args.update}), k={args.k}, {boxes.num_boxes} boxes in "
+            f"{boxes.image_size}x{boxes.image_size} input: mean shape IoU {res.mean_iou:.4f}"
+        )
+        print("| # | w (px) | h (px) | w/h | boxes |\n|---:|---:|---:|---:|---:|")
+        for i, ((w, h), n) in enumerate(zip(res.centroids, res.counts())):
+            print(f"| {i} | {w:.1f} | {h:.1f} | {w / h:.2f} | {n} |")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from ssd.priors.kmeans import cluster_shapes
+    from ssd.priors.plots import plot_sweep
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    bad = [m for m in metrics if m not in METRICS]
+    if bad or not metrics:
+        raise UsageError(f"--metrics: unknown {bad or metrics}; choose from {', '.join(METRICS)}")
+    if not 1 <= args.k_min <= args.k_max:
+        raise UsageError(f"need 1 <= --k-min ({args.k_min}) <= --k-max ({args.k_max})")
+    cfg = _load_cfg(args.config, args.overrides)
+    boxes = _boxes(cfg, args, "train")
+    distinct = np.unique(boxes.wh_px, axis=0).shape[0]
+    rows = []
+    for k in range(args.k_min, min(args.k_max, distinct) + 1):
+        for metric in metrics:
+            res = cluster_shapes(
+                boxes.wh_px, k, metric=metric, update=args.update, restarts=args.restarts, seed=args.seed
+            )
+            rows.append(
+                {
+                    "k": k,
+                    "metric": metric,
+                    "mean_iou": res.mean_iou,
+                    "shapes": res.k,
+                    **_costs(res.centroids, cfg),
+                }
+            )
+    summary = {"boxes": _source(args.config, args, "train"), "num_boxes": boxes.num_boxes, "rows": rows}
+    if args.output_dir is not None:
+        _write_json(args.output_dir / "sweep.json", summary)
+        plot_sweep(rows, args.output_dir / "sweep.png")
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"{boxes.num_boxes} boxes; priors: every shape on every level / each on its size's level")
+        print(
+            "| k | "
+            + " | ".join(f"{m} IoU" for m in metrics)
+            + " | priors (all levels) | priors (by size, iou) |"
+        )
+        print("|---:|" + "---:|" * (len(metrics) + 2))
+        for k in sorted({r["k"] for r in rows}):
+            by = {r["metric"]: r for r in rows if r["k"] == k}
+            ref = by.get("iou", next(iter(by.values())))
+            print(
+                f"| {k} | "
+                + " | ".join(f"{by[m]['mean_iou']:.4f}" for m in metrics)
+                + f" | {ref['priors_all_levels']} | {ref['priors_by_size']} |"
+            )
+        if args.output_dir is not None:
+            print(f"wrote {args.output_dir}/sweep.json, sweep.png")
+    return 0
+
+
+# --------------------------------------------------------------------------- optimize
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from ssd.priors.fit import PriorGrid, fit_report, fit_table_markdown
+    from ssd.priors.optimize import optimize_priors, write_priors_config
+    from ssd.priors.plots import plot_class_recall, plot_shape_density
+
+    if args.config is None:
+        raise UsageError("optimize needs --config BASE")
+    cfg = _load_cfg(args.config, args.overrides)
+    boxes = _boxes(cfg, args, "train")
+    res = optimize_priors(
+        boxes,
+        cfg.priors,
+        method=args.method,
+        max_priors=args.max_priors,
+        iou_threshold=cfg.matcher.iou_threshold,
+        seed=args.seed,
+        restarts=args.restarts,
+        sample_size=args.sample_size,
+        iou_weight=args.iou_weight,
+        max_shapes_per_level=args.max_shapes_per_level,
+    )
+    source = _source(args.config, args, "train")
+    base_grid, new_grid = PriorGrid.from_config(cfg.priors), res.grid
+    header = (
+        f"Generated by tools/priors.py optimize --method {args.method} from {args.config}\n"
+        f"fitted on {boxes.num_boxes} boxes of {source} (seed {args.seed}): "
+        f"{new_grid.num_priors} priors, {new_grid.boxes_per_cell} per cell "
+        f"(base: {base_grid.num_priors}, {base_grid.boxes_per_cell})"
+    )
+    out = write_priors_config(args.config, res.priors, args.out, overrides=args.overrides, header=header)
+    thr = cfg.matcher.iou_threshold
+    reports = {
+        "base": fit_report(base_grid, boxes, cfg.data.classes, iou_threshold=thr),
+        args.method: fit_report(new_grid, boxes, cfg.data.classes, iou_threshold=thr),
+    }
+    summary = {
+        "out": str(out),
+        "method": args.method,
+        "config": args.config,
+        "boxes": source,
+        "num_priors": new_grid.num_priors,
+        "boxes_per_cell": new_grid.boxes_per_cell,
+        "base_num_priors": base_grid.num_priors,
+        "base_boxes_per_cell": base_grid.boxes_per_cell,
+        "shapes": [[list(s) for s in level] for level in new_grid.shapes],
+        "fit_train": reports,
+        "info": res.info,
+    }
+    if args.output_dir is not None:
+        d = args.output_dir
+        _write_json(d / "optimize.json", summary)
+        (d / "optimize.md").write_text(
+            f"# Priors: {args.method}\n\nFitted on {source} "
+            f"({boxes.num_boxes} boxes); written to {out}\n\n" + fit_table_markdown(reports),
+            encoding="utf-8",
+        )
+        plot_shape_density(
+            boxes.wh_px,
+            {"base": base_grid.shapes, args.method: new_grid.shapes},
+            d / "shapes.png",
+            image_size=boxes.image_size,
+        )
+        plot_class_recall(reports, d / "recall.png")
+    if args.json:
+        _print_json(summary)
+    else:
+        print(
+            f"wrote {out}: {new_grid.num_priors} priors ({new_grid.boxes_per_cell} per cell; base "
+            f"{base_grid.num_priors}, {base_grid.boxes_per_cell})"
+        )
+        for lvl, shapes in enumerate(new_grid.shapes):
+            print(
+                f"  level {lvl} (f={new_grid.feature_maps[lvl]}, step {new_grid.steps[lvl]:g}): "
+                + ", ".join(f"{w:.1f}x{h:.1f}" for w, h in shapes)
+            )
+        print(f"fit on the training boxes ({source}):")
+        print(fit_table_markdown(reports))
+    return 0
+
+
+COMMANDS = {"fit": cmd_fit, "kmeans": cmd_kmeans, "sweep": cmd_sweep, "optimize": cmd_optimize}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (UsageError, ConfigError, DatasetError, FileNotFoundError, ValueError) as exc:
+        print(f"ssd-priors {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
