@@ -63,8 +63,11 @@ class PriorsConfig:
     """Prior (default) boxes, in network-input pixels; see DESIGN.md "Priors".
 
     Ratio form (the SSD paper): per level `min_sizes`, `max_sizes` and `aspect_ratios`.
-    Shape form: per level an explicit list of `[w, h]`; when `shapes` is set it replaces the
-    ratio form. `image_size` is the (square) network input size and is the one place it is set.
+    Shape form: per level an explicit list of `[w, h]` or `[w, h, dx, dy]`; when `shapes` is set
+    it replaces the ratio form. `dx, dy` in (-0.5, 0.5), in units of the level's step, move that
+    prior's centre within every cell to ((j + 0.5 + dx) step, (i + 0.5 + dy) step) (default 0:
+    the cell centre); a shape at several offsets is several priors of the cell (a finer
+    sub-grid). `image_size` is the (square) network input size and is the one place it is set.
     """
 
     image_size: int = 512
@@ -73,7 +76,7 @@ class PriorsConfig:
     min_sizes: tuple[float, ...] = (35.84, 76.8, 153.6, 230.4, 307.2, 384.0, 460.8)
     max_sizes: tuple[float, ...] = (76.8, 153.6, 230.4, 307.2, 384.0, 460.8, 537.6)
     aspect_ratios: tuple[tuple[float, ...], ...] = ((2,), (2, 3), (2, 3), (2, 3), (2, 3), (2,), (2,))
-    shapes: tuple[tuple[tuple[float, float], ...], ...] | None = None
+    shapes: tuple[tuple[tuple[float, ...], ...], ...] | None = None  # entries [w, h] or [w, h, dx, dy]
     clip: bool = False
     variances: tuple[float, float] = (0.1, 0.2)
     learnable: bool = False
@@ -121,7 +124,13 @@ class DataConfig:
     val_images: str = ""
     classes: tuple[str, ...] = VOC_CLASSES
     use_difficult: bool = False
+    # Samples with fatal problems (see ssd.data.check): refuse the dataset (false) or skip them.
     skip_invalid: bool = False
+    # Boxes reaching outside the image: clip them to it (a warning) or reject the sample (fatal).
+    box_outside: Literal["clip", "reject"] = "clip"
+    # Decode every image when a split is loaded (finds truncated files; slow) instead of
+    # reading headers only.
+    check_decode: bool = False
     num_workers: int = 2
     # synthetic generator (format: synthetic): generated into `root` on first use
     synthetic_num_images: int = 200
@@ -156,6 +165,9 @@ class TrainConfig:
     grad_clip: float | None = None
     amp: Literal["none", "bf16", "fp16"] = "none"
     channels_last: bool = False
+    # Data-parallel runs on CUDA: BatchNorm layers become SyncBatchNorm (statistics over the
+    # global batch instead of each process's slice). Ignored in single-process runs.
+    sync_bn: bool = False
     log_every: int = 20
     eval_every: int = 5000
     checkpoint_every: int = 5000
@@ -411,11 +423,22 @@ def validate(cfg: Config) -> None:
             for j, r in enumerate(ratios):
                 _check(r > 0 and r != 1, f"priors.aspect_ratios[{i}][{j}]", "must be > 0 and != 1")
     else:
-        _check(len(p.shapes) == n, "priors.shapes", f"has {len(p.shapes)} levels, expected {n}")
         for i, level in enumerate(p.shapes):
             _check(len(level) > 0, f"priors.shapes[{i}]", "every level needs at least one shape")
-            for j, (w, h) in enumerate(level):
-                _check(w > 0 and h > 0, f"priors.shapes[{i}][{j}]", f"[{w}, {h}] must be positive")
+            for j, entry in enumerate(level):
+                key, shown = f"priors.shapes[{i}][{j}]", list(entry)
+                _check(
+                    len(entry) in (2, 4),
+                    key,
+                    f"{shown}: expected [w, h] or [w, h, dx, dy], got {len(entry)} numbers",
+                )
+                _check(entry[0] > 0 and entry[1] > 0, key, f"{shown}: w and h must be positive")
+                _check(
+                    all(-0.5 < d < 0.5 for d in entry[2:]),
+                    key,
+                    f"{shown}: offsets dx, dy (units of the level's step) must be in (-0.5, 0.5)",
+                )
+        _check(len(p.shapes) == n, "priors.shapes", f"has {len(p.shapes)} levels, expected {n}")
     _check(all(v > 0 for v in p.variances), "priors.variances", "must be positive")
     lp = p.learn
     _check(lp.lr_mult >= 0, "priors.learn.lr_mult", "must be >= 0")

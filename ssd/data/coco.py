@@ -10,6 +10,7 @@ the only way COCO excludes a box from both true positives and the recall denomin
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,20 +19,22 @@ import numpy as np
 import torch
 
 from ssd.boxes import xywh_to_xyxy, xyxy_to_xywh
-from ssd.data.records import DatasetError, Record
+from ssd.data.records import DatasetError, Record, in_coordinate_range
 
 
 def _load_json(path: Path) -> Any:
     try:
         raw = path.read_bytes()
     except FileNotFoundError as exc:
-        raise DatasetError(path, "annotation file not found") from exc
+        raise DatasetError(path, "annotation file not found", kind="missing_annotation") from exc
     except OSError as exc:
         raise DatasetError(path, f"cannot read annotation file: {exc}") from exc
     try:
         return json.loads(raw.decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DatasetError(path, f"malformed JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise DatasetError(path, "malformed JSON: nested too deeply") from exc
 
 
 def _field(obj: Any, key: str, kind: type | tuple[type, ...], path: Path, where: str) -> Any:
@@ -39,8 +42,29 @@ def _field(obj: Any, key: str, kind: type | tuple[type, ...], path: Path, where:
         raise DatasetError(path, f"{where}: field '{key}' is missing")
     value = obj[key]
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise DatasetError(path, f"{where}.{key}: unexpected value {value!r}")
+        raise DatasetError(path, f"{where}.{key}: unexpected value {_short(value)}")
     return value
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _finite(v: Any) -> bool:
+    """A real number (not bool) that is finite as a float."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int beyond the float range
+        return False
+
+
+def _report(problems: list[DatasetError] | None, error: DatasetError) -> None:
+    if problems is None:
+        raise error
+    problems.append(error)
 
 
 def read_coco_records(
@@ -49,6 +73,7 @@ def read_coco_records(
     classes: Sequence[str],
     *,
     check_images: bool = True,
+    problems: list[DatasetError] | None = None,
 ) -> list[Record]:
     """Read a COCO detection JSON: one Record per entry of `images` (in file order).
 
@@ -57,6 +82,11 @@ def read_coco_records(
     annotations become background-only records. Raises DatasetError naming the file for
     malformed JSON, missing fields, unknown category names and (with `check_images`) missing
     image files.
+
+    With a `problems` list, problems of single entries are appended instead (with the image id
+    they affect, when known): a bad `images` entry gives no record, a bad annotation is left out
+    of its image's record, a missing image file still gives its record. A file that does not
+    parse, or lacks `images`/`categories`, is still raised.
     """
     path = Path(annotation_file)
     data = _load_json(path)
@@ -65,49 +95,64 @@ def read_coco_records(
     class_to_label = {name: i + 1 for i, name in enumerate(classes)}
     cat_names: dict[int, str] = {}
     for k, cat in enumerate(_field(data, "categories", list, path, "file")):
-        cid = _field(cat, "id", int, path, f"categories[{k}]")
-        cat_names[cid] = str(_field(cat, "name", str, path, f"categories[{k}]"))
+        try:
+            cid = _field(cat, "id", int, path, f"categories[{k}]")
+            cat_names[cid] = str(_field(cat, "name", str, path, f"categories[{k}]"))
+        except DatasetError as exc:
+            _report(problems, exc)
     images: list[tuple[int, str, int, int]] = []
     seen: set[int] = set()
+    bad_ids: set[int] = set()  # image ids whose entry is unusable (collecting mode)
     for k, img in enumerate(_field(data, "images", list, path, "file")):
         where = f"images[{k}]"
-        iid = _field(img, "id", int, path, where)
-        if iid in seen:
-            raise DatasetError(path, f"{where}: duplicate image id {iid}")
+        iid = img.get("id") if isinstance(img, dict) else None
+        iid_str = str(iid) if isinstance(iid, int) and not isinstance(iid, bool) else None
+        try:
+            iid = _field(img, "id", int, path, where)
+            if iid in seen:
+                raise DatasetError(path, f"{where}: duplicate image id {iid}")
+            file_name = _field(img, "file_name", str, path, where)
+            width = _field(img, "width", int, path, where)
+            height = _field(img, "height", int, path, where)
+            if width <= 0 or height <= 0:
+                raise DatasetError(path, f"{where}: size {width}x{height} is not positive")
+        except DatasetError as exc:
+            exc.image_id = iid_str
+            _report(problems, exc)
+            if iid_str is not None:
+                bad_ids.add(int(iid_str))
+            continue
         seen.add(iid)
-        file_name = _field(img, "file_name", str, path, where)
-        width = _field(img, "width", int, path, where)
-        height = _field(img, "height", int, path, where)
-        if width <= 0 or height <= 0:
-            raise DatasetError(path, f"{where}: size {width}x{height} is not positive")
         images.append((iid, file_name, width, height))
     per_image: dict[int, list[tuple[list[float], int, bool]]] = {iid: [] for iid in seen}
-    for k, ann in enumerate(data.get("annotations", [])):
+    annotations = data.get("annotations", [])
+    if not isinstance(annotations, list):
+        raise DatasetError(path, f"'annotations' must be a list, got {type(annotations).__name__}")
+    for k, ann in enumerate(annotations):
         where = f"annotations[{k}]"
-        iid = _field(ann, "image_id", int, path, where)
-        if iid not in per_image:
-            raise DatasetError(path, f"{where}: image_id {iid} is not in 'images'")
-        cid = _field(ann, "category_id", int, path, where)
-        if cid not in cat_names:
-            raise DatasetError(path, f"{where}: category_id {cid} is not in 'categories'")
-        name = cat_names[cid]
-        if name not in class_to_label:
-            raise DatasetError(
-                path, f"{where}: unknown class label {name!r} (configured classes: {sorted(class_to_label)})"
-            )
-        bbox = _field(ann, "bbox", list, path, where)
-        if len(bbox) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox):
-            raise DatasetError(path, f"{where}.bbox: expected 4 numbers, got {bbox!r}")
-        if not all(np.isfinite(v) for v in bbox):
-            raise DatasetError(path, f"{where}.bbox: not finite: {bbox!r}")
-        crowd = ann.get("iscrowd", 0)
-        per_image[iid].append(([float(v) for v in bbox], class_to_label[name], bool(crowd)))
+        raw_iid = ann.get("image_id") if isinstance(ann, dict) else None
+        try:
+            iid = _field(ann, "image_id", int, path, where)
+            if iid in bad_ids:
+                continue  # its image entry is already reported
+            if iid not in per_image:
+                raise DatasetError(path, f"{where}: image_id {iid} is not in 'images'")
+            per_image[iid].append(_annotation(ann, path, where, cat_names, class_to_label))
+        except DatasetError as exc:
+            if isinstance(raw_iid, int) and not isinstance(raw_iid, bool) and raw_iid in per_image:
+                exc.image_id = str(raw_iid)
+            _report(problems, exc)
     records = []
     root = Path(image_root)
     for iid, file_name, width, height in images:
         image_path = root / file_name
         if check_images and not image_path.is_file():
-            raise DatasetError(path, f"image {image_path} (id {iid}) not found")
+            _report(
+                problems,
+                DatasetError(
+                    path, f"image {image_path} (id {iid}) not found", kind="missing_image", image_id=str(iid)
+                ),
+            )
         anns = per_image[iid]
         xywh = torch.tensor([a[0] for a in anns], dtype=torch.float64).reshape(-1, 4)
         records.append(
@@ -123,6 +168,31 @@ def read_coco_records(
             )
         )
     return records
+
+
+def _annotation(
+    ann: dict[str, Any], path: Path, where: str, cat_names: dict[int, str], class_to_label: dict[str, int]
+) -> tuple[list[float], int, bool]:
+    """One `annotations` entry -> (bbox xywh pixels, label, difficult); DatasetError if unusable."""
+    cid = _field(ann, "category_id", int, path, where)
+    if cid not in cat_names:
+        raise DatasetError(path, f"{where}: category_id {cid} is not in 'categories'")
+    name = cat_names[cid]
+    if name not in class_to_label:
+        raise DatasetError(
+            path,
+            f"{where}: unknown class label {name!r} (configured classes: {sorted(class_to_label)})",
+            kind="unknown_class",
+        )
+    bbox = _field(ann, "bbox", list, path, where)
+    if len(bbox) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox):
+        raise DatasetError(path, f"{where}.bbox: expected 4 numbers, got {_short(bbox)}")
+    if not all(_finite(v) for v in bbox):
+        raise DatasetError(path, f"{where}.bbox: not finite: {_short(bbox)}")
+    x, y, w, h = (float(v) for v in bbox)
+    if not in_coordinate_range(x, y, x + w, y + h):
+        raise DatasetError(path, f"{where}.bbox: coordinates out of range: {_short(bbox)}")
+    return [x, y, w, h], class_to_label[name], bool(ann.get("iscrowd", 0))
 
 
 def coco_image_ids(records: Sequence[Record]) -> list[int]:

@@ -23,7 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from ssd.data.records import IMAGE_EXTENSIONS, DatasetError, Record, image_size_from_header
+from ssd.data.records import (
+    IMAGE_EXTENSIONS,
+    DatasetError,
+    Record,
+    image_size_from_header,
+    in_coordinate_range,
+)
 from ssd.data.voc import read_split_file
 
 # Chinese label of the 2018 Guangdong (Tianchi) aluminum competition -> English name of the
@@ -46,41 +52,57 @@ TIANCHI_CLASSES: tuple[str, ...] = tuple(TIANCHI_LABELS.values())
 DEFECT_FREE_FOLDER = "无瑕疵样本"
 
 
-def _load_labelme_json(path: Path) -> dict[str, Any]:
+def _load_labelme_json(path: Path, image_id: str | None = None) -> dict[str, Any]:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise DatasetError(path, f"cannot read annotation: {exc}") from exc
+        raise DatasetError(path, f"cannot read annotation: {exc}", image_id=image_id) from exc
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         try:  # some competition tools wrote GBK
             text = raw.decode("gbk")
         except UnicodeDecodeError as exc:
-            raise DatasetError(path, f"annotation is neither UTF-8 nor GBK text: {exc}") from exc
+            raise DatasetError(
+                path, f"annotation is neither UTF-8 nor GBK text: {exc}", image_id=image_id
+            ) from exc
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DatasetError(path, f"malformed JSON: {exc}") from exc
+        raise DatasetError(path, f"malformed JSON: {exc}", image_id=image_id) from exc
+    except RecursionError as exc:
+        raise DatasetError(path, "malformed JSON: nested too deeply", image_id=image_id) from exc
     if not isinstance(data, dict):
-        raise DatasetError(path, "top level must be a JSON object")
+        raise DatasetError(path, "top level must be a JSON object", image_id=image_id)
     return data
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _finite(v: float) -> bool:
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int beyond the float range
+        return False
 
 
 def _points(shape: dict[str, Any], path: Path, where: str) -> np.ndarray:
     pts = shape.get("points")
     if not isinstance(pts, list) or len(pts) < 2:
-        raise DatasetError(path, f"{where}.points: expected at least 2 [x, y] points, got {pts!r}")
+        raise DatasetError(path, f"{where}.points: expected at least 2 [x, y] points, got {_short(pts)}")
     out = []
     for p in pts:
-        if (
-            not isinstance(p, (list, tuple))
-            or len(p) != 2
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p)
-        ):
-            raise DatasetError(path, f"{where}.points: {p!r} is not an [x, y] pair of numbers")
-        if not all(math.isfinite(v) for v in p):
-            raise DatasetError(path, f"{where}.points: {p!r} is not finite")
+        if not isinstance(p, (list, tuple)) or len(p) != 2 or not all(_is_number(v) for v in p):
+            raise DatasetError(path, f"{where}.points: {_short(p)} is not an [x, y] pair of numbers")
+        if not all(_finite(v) for v in p):
+            raise DatasetError(path, f"{where}.points: {_short(p)} is not finite")
         out.append((float(p[0]), float(p[1])))
     return np.asarray(out, np.float64)
 
@@ -88,52 +110,71 @@ def _points(shape: dict[str, Any], path: Path, where: str) -> np.ndarray:
 def _shape_box(shape: dict[str, Any], path: Path, where: str) -> tuple[float, float, float, float]:
     pts = _points(shape, path, where)
     if shape.get("shape_type") == "circle":
-        (cx, cy), (px, py) = pts[0], pts[1]
-        r = math.hypot(px - cx, py - cy)
-        return cx - r, cy - r, cx + r, cy + r
-    x1, y1 = pts.min(axis=0)
-    x2, y2 = pts.max(axis=0)
-    return float(x1), float(y1), float(x2), float(y2)
+        (cx, cy), (px, py) = (float(v) for v in pts[0]), (float(v) for v in pts[1])
+        r = math.hypot(px - cx, py - cy)  # Python floats: overflow gives inf, caught below
+        box = (cx - r, cy - r, cx + r, cy + r)
+    else:
+        x1, y1 = pts.min(axis=0)
+        x2, y2 = pts.max(axis=0)
+        box = (float(x1), float(y1), float(x2), float(y2))
+    if not in_coordinate_range(*box):
+        raise DatasetError(path, f"{where}.points: coordinates out of range")
+    return box
 
 
 def _size(data: dict[str, Any], path: Path, image_path: Path) -> tuple[int, int]:
     w, h = data.get("imageWidth"), data.get("imageHeight")
     if w is None or h is None:
-        return image_size_from_header(image_path)
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (w, h)):
-        raise DatasetError(path, f"imageWidth/imageHeight must be positive numbers, got {w!r}/{h!r}")
+        try:
+            return image_size_from_header(image_path)
+        except DatasetError as exc:
+            raise DatasetError(
+                path, f"no imageWidth/imageHeight and the image header cannot be read: {exc}", kind=exc.kind
+            ) from exc
+    if not all(_is_number(v) and _finite(v) and v > 0 for v in (w, h)):
+        raise DatasetError(
+            path, f"imageWidth/imageHeight must be positive numbers, got {_short(w)}/{_short(h)}"
+        )
     return int(w), int(h)
 
 
+def _report(problems: list[DatasetError] | None, error: DatasetError) -> None:
+    if problems is None:
+        raise error
+    problems.append(error)
+
+
 def parse_labelme_json(
-    json_path: Path, image_path: Path, image_id: str, class_to_label: dict[str, int]
+    json_path: Path,
+    image_path: Path,
+    image_id: str,
+    class_to_label: dict[str, int],
+    problems: list[DatasetError] | None = None,
 ) -> Record:
     """One LabelMe JSON -> Record (boxes xyxy pixels, labels 1..C-1, difficult from an optional
-    per-shape `difficult` flag). Raises DatasetError naming `json_path`."""
-    data = _load_labelme_json(json_path)
-    shapes = data.get("shapes", [])
-    if not isinstance(shapes, list):
-        raise DatasetError(json_path, f"'shapes' must be a list, got {type(shapes).__name__}")
-    width, height = _size(data, json_path, image_path)
+    per-shape `difficult` flag). Raises DatasetError naming `json_path`. With a `problems` list,
+    problems of single shapes are appended instead (the shape is left out); problems of the
+    whole file are still raised."""
+    try:
+        data = _load_labelme_json(json_path, image_id)
+        shapes = data.get("shapes", [])
+        if not isinstance(shapes, list):
+            raise DatasetError(json_path, f"'shapes' must be a list, got {type(shapes).__name__}")
+        width, height = _size(data, json_path, image_path)
+    except DatasetError as exc:
+        exc.image_id = image_id
+        raise
     boxes, labels, difficult = [], [], []
     for k, shape in enumerate(shapes):
-        where = f"shapes[{k}]"
-        if not isinstance(shape, dict):
-            raise DatasetError(json_path, f"{where}: expected an object, got {shape!r}")
-        raw = shape.get("label")
-        if not isinstance(raw, str) or not raw.strip():
-            raise DatasetError(json_path, f"{where}.label: missing or not a string: {raw!r}")
-        name = TIANCHI_LABELS.get(raw.strip(), raw.strip())
-        if name not in class_to_label:
-            raise DatasetError(
-                json_path,
-                f"{where}.label: unknown class label {raw!r} (configured classes: {sorted(class_to_label)})",
-            )
-        boxes.append(_shape_box(shape, json_path, where))
-        labels.append(class_to_label[name])
-        raw_flags = shape.get("flags")
-        flags: dict[str, Any] = raw_flags if isinstance(raw_flags, dict) else {}
-        difficult.append(bool(shape.get("difficult", False) or flags.get("difficult", False)))
+        try:
+            box, label, diff = _parse_shape(shape, k, json_path, class_to_label)
+        except DatasetError as exc:
+            exc.image_id = image_id
+            _report(problems, exc)
+            continue
+        boxes.append(box)
+        labels.append(label)
+        difficult.append(diff)
     return Record(
         image_path=image_path,
         image_id=image_id,
@@ -144,6 +185,29 @@ def parse_labelme_json(
         difficult=np.asarray(difficult, bool).reshape(-1),
         annotation_path=json_path,
     )
+
+
+def _parse_shape(
+    shape: Any, k: int, json_path: Path, class_to_label: dict[str, int]
+) -> tuple[tuple[float, float, float, float], int, bool]:
+    """One `shapes[k]` entry -> (box xyxy pixels, label, difficult); DatasetError if unusable."""
+    where = f"shapes[{k}]"
+    if not isinstance(shape, dict):
+        raise DatasetError(json_path, f"{where}: expected an object, got {_short(shape)}")
+    raw = shape.get("label")
+    if not isinstance(raw, str) or not raw.strip():
+        raise DatasetError(json_path, f"{where}.label: missing or not a string: {_short(raw)}")
+    name = TIANCHI_LABELS.get(raw.strip(), raw.strip())
+    if name not in class_to_label:
+        raise DatasetError(
+            json_path,
+            f"{where}.label: unknown class label {raw!r} (configured classes: {sorted(class_to_label)})",
+            kind="unknown_class",
+        )
+    box = _shape_box(shape, json_path, where)
+    raw_flags = shape.get("flags")
+    flags: dict[str, Any] = raw_flags if isinstance(raw_flags, dict) else {}
+    return box, class_to_label[name], bool(shape.get("difficult", False) or flags.get("difficult", False))
 
 
 def _background_record(image_path: Path, image_id: str, check_images: bool) -> Record:
@@ -178,6 +242,7 @@ def read_labelme_records(
     classes: Sequence[str],
     *,
     check_images: bool = True,
+    problems: list[DatasetError] | None = None,
 ) -> list[Record]:
     """Read a Tianchi-layout dataset (see the module docstring).
 
@@ -186,6 +251,11 @@ def read_labelme_records(
     names). Images without a JSON beside them are background-only records (their size is read
     from the image header). Raises DatasetError naming the file at fault: malformed JSON,
     unknown label, a listed image that does not exist, a JSON without its image.
+
+    With a `problems` list every per-file problem is appended instead of raised: a listed image
+    that is missing still gives the record of its JSON (a 0 x 0 record without one), a JSON
+    that cannot be parsed gives no record, a bad shape is left out. A missing dataset folder or
+    an unreadable split file is still raised.
     """
     root = Path(root)
     class_to_label = {name: i + 1 for i, name in enumerate(classes)}
@@ -194,19 +264,38 @@ def read_labelme_records(
         rel_paths = read_split_file(split_file)
     else:
         if not root.is_dir():
-            raise DatasetError(root, "dataset folder not found")
+            raise DatasetError(root, "dataset folder not found", kind="layout")
         rel_paths, orphans = _walk(root)
-        if orphans:
-            raise DatasetError(root / orphans[0], "annotation has no image of the same name beside it")
+        for orphan in orphans:
+            _report(
+                problems,
+                DatasetError(
+                    root / orphan, "annotation has no image of the same name beside it", kind="missing_image"
+                ),
+            )
     records = []
     for rel in rel_paths:
         image_path = root / rel
-        if check_images and not image_path.is_file():
+        try:
+            json_path = image_path.with_suffix(".json")
+        except ValueError as exc:  # "", ".", "..": not a file name
             source = split_file if split_file is not None else root
-            raise DatasetError(source, f"image {image_path} not found")
-        json_path = image_path.with_suffix(".json")
-        if json_path.is_file():
-            records.append(parse_labelme_json(json_path, image_path, rel, class_to_label))
-        else:
-            records.append(_background_record(image_path, rel, check_images))
+            _report(problems, DatasetError(source, f"{rel!r} is not an image path: {exc}", kind="layout"))
+            continue
+        image_missing = check_images and not image_path.is_file()
+        if image_missing:
+            source = split_file if split_file is not None else root
+            _report(
+                problems,
+                DatasetError(source, f"image {image_path} not found", kind="missing_image", image_id=rel),
+            )
+        try:
+            if json_path.is_file():
+                records.append(parse_labelme_json(json_path, image_path, rel, class_to_label, problems))
+            else:
+                records.append(_background_record(image_path, rel, check_images and not image_missing))
+        except DatasetError as exc:
+            if not (image_missing and exc.kind == "missing_image"):  # reported above already
+                exc.image_id = rel
+                _report(problems, exc)
     return records

@@ -22,11 +22,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ssd.config import Config, ConfigError
-from ssd.data.coco import read_coco_records
-from ssd.data.labelme import read_labelme_records
+from ssd.data.check import check_split, summarize, usable_records
 from ssd.data.records import DatasetError, Record
 from ssd.data.transforms import build_transforms
-from ssd.data.voc import read_voc_records
 from ssd.structures import Batch, Targets
 
 log = logging.getLogger(__name__)
@@ -46,46 +44,29 @@ def derive_seed(*parts: int) -> int:
 # --------------------------------------------------------------------------- records
 
 
-def _resolve(root: Path, rel: str) -> Path:
-    p = Path(rel)
-    return p if p.is_absolute() else root / p
-
-
-def build_records(cfg: Config, split: Split | str) -> list[Record]:
-    """The annotation records of `split` ("train" or "val") of the configured dataset.
+def build_records(cfg: Config, split: Split | str, *, open_images: bool = False) -> list[Record]:
+    """The annotation records of `split` ("train" or "val") of the configured dataset, checked
+    and cleaned by `ssd.data.check.usable_records`.
 
     `data.root` is resolved against the current directory; split and annotation paths against
     `data.root` (absolute paths are kept). Per `data.format`:
     voc: `root`, split file `train_split`/`val_split` (stems); coco: JSON `train_annotations`/
     `val_annotations`, images under `root / train_images|val_images`; labelme: split file of image
     paths; synthetic: generated into `root` on first use (when `root/train.txt` is missing), then
-    read as labelme with `train.txt`/`val.txt`. Raises DatasetError when the split is empty.
+    read as labelme with `train.txt`/`val.txt`.
+
+    Every annotation is checked (and with `open_images` every image header, or every pixel
+    with `data.check_decode`; otherwise no image is opened unless an annotation lacks the size):
+    a split with fatal problems raises a DatasetError listing them, unless `data.skip_invalid`
+    (the bad samples are then left out and logged); boxes are clipped to the image
+    (`data.box_outside: clip`) and exact duplicate boxes removed. Raises DatasetError when no
+    usable sample is left.
     """
     if split not in ("train", "val"):
         raise ConfigError(f"split must be 'train' or 'val', got {split!r}")
-    d = cfg.data
-    root = Path(d.root)
-    classes = d.classes
-    if d.format == "voc":
-        split_name = d.train_split if split == "train" else d.val_split
-        records = read_voc_records(root, _resolve(root, split_name) if split_name else None, classes)
-    elif d.format == "coco":
-        ann = d.train_annotations if split == "train" else d.val_annotations
-        if not ann:
-            raise ConfigError(f"data.{split}_annotations: required for data.format 'coco'")
-        images = d.train_images if split == "train" else d.val_images
-        records = read_coco_records(_resolve(root, ann), _resolve(root, images), classes)
-    elif d.format == "labelme":
-        split_name = d.train_split if split == "train" else d.val_split
-        records = read_labelme_records(root, _resolve(root, split_name) if split_name else None, classes)
-    elif d.format == "synthetic":
+    if cfg.data.format == "synthetic":
         ensure_synthetic(cfg)
-        records = read_labelme_records(root, root / f"{split}.txt", classes)
-    else:  # pragma: no cover - the config loader rejects other values
-        raise ConfigError(f"data.format: unknown format {d.format!r}")
-    if not records:
-        raise DatasetError(root, f"the {split} split is empty")
-    return records
+    return usable_records(cfg, split, images=open_images)
 
 
 def ensure_synthetic(cfg: Config) -> None:
@@ -167,12 +148,23 @@ class DetectionDataset(Dataset[Sample]):
     index); `dataset[(i, item_seed)]` with `item_seed`: the random draws of the transform are a
     pure function of it (torch's global RNG is forked, seeded, and restored afterwards).
     The decoded image must have the size the annotation states (DatasetError otherwise).
+
+    `skip_invalid`: an image that turns out unusable only when it is decoded (a truncated file
+    whose header was fine) is logged and replaced by the next record (index + 1, + 2, ...) with
+    the same item seed, so the stream stays a pure function of (seed, iteration); without it
+    the DatasetError naming the file is raised. For training only: an evaluation pass must see
+    every image once.
     """
 
-    def __init__(self, records: Sequence[Record], transform: Transform, seed: int = 0) -> None:
+    max_replacements = 16
+
+    def __init__(
+        self, records: Sequence[Record], transform: Transform, seed: int = 0, skip_invalid: bool = False
+    ) -> None:
         self.records = list(records)
         self.transform = transform
         self.seed = seed
+        self.skip_invalid = skip_invalid
 
     def __len__(self) -> int:
         return len(self.records)
@@ -183,13 +175,29 @@ class DetectionDataset(Dataset[Sample]):
         else:
             index = int(key)
             item_seed = derive_seed(self.seed, index)
-        rec = self.records[index]
+        if not self.skip_invalid:
+            return self._load(self.records[index], item_seed)
+        tries = min(self.max_replacements, len(self.records))
+        for attempt in range(tries):
+            rec = self.records[(index + attempt) % len(self.records)]
+            try:
+                return self._load(rec, item_seed)
+            except DatasetError as exc:
+                log.warning("%s; sample %r skipped (data.skip_invalid)", exc, rec.image_id)
+        raise DatasetError(
+            self.records[index].image_path,
+            f"this sample and the {tries - 1} after it are all unusable; run tools/check_dataset.py --decode",
+            kind="unreadable_image",
+        )
+
+    def _load(self, rec: Record, item_seed: int) -> Sample:
         image = load_image(rec.image_path)
         h, w = int(image.shape[-2]), int(image.shape[-1])
         if (rec.width, rec.height) != (w, h) and rec.width > 0:
             raise DatasetError(
                 rec.annotation_path or rec.image_path,
                 f"annotation says {rec.width}x{rec.height} but {rec.image_path} is {w}x{h}",
+                kind="size_mismatch",
             )
         boxes = torch.from_numpy(np.asarray(rec.boxes_px, np.float32)).reshape(-1, 4)
         labels = torch.from_numpy(np.asarray(rec.labels, np.int64)).reshape(-1)
@@ -228,19 +236,38 @@ class TrainBatchSampler:
     [i * B, (i + 1) * B) (a batch may straddle two epochs). The item seed of position p is
     derive_seed(seed, 1, p). So iteration i's batch depends only on (seed, i), and
     `start_iteration` resumes exactly.
+
+    Data-parallel training: `batch_size` B is the *global* batch; process `rank` of
+    `world_size` yields the `rank`-th of `world_size` equal contiguous slices of it (B must be
+    divisible by `world_size`), so the union over ranks of iteration i's keys, in rank order, is
+    exactly the single-process batch of iteration i.
     """
 
-    def __init__(self, length: int, batch_size: int, seed: int, start_iteration: int = 0) -> None:
+    def __init__(
+        self,
+        length: int,
+        batch_size: int,
+        seed: int,
+        start_iteration: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         if length <= 0:
             raise ValueError(f"cannot sample from an empty dataset (length {length})")
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if start_iteration < 0:
             raise ValueError(f"start_iteration must be >= 0, got {start_iteration}")
+        if world_size <= 0 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
+        if batch_size % world_size:
+            raise ValueError(f"global batch_size {batch_size} is not divisible by world_size {world_size}")
         self.length = length
         self.batch_size = batch_size
         self.seed = seed
         self.start_iteration = start_iteration
+        self.rank = rank
+        self.world_size = world_size
         self._epoch = -1
         self._perm: list[int] = []
 
@@ -252,9 +279,12 @@ class TrainBatchSampler:
         return self._perm
 
     def batch(self, iteration: int) -> list[tuple[int, int]]:
-        """The keys of `iteration` (a pure function of seed and iteration)."""
+        """This rank's keys of `iteration` (a pure function of seed, iteration, rank and
+        world_size): B / world_size keys."""
+        per_rank = self.batch_size // self.world_size
+        first = iteration * self.batch_size + self.rank * per_rank
         out = []
-        for pos in range(iteration * self.batch_size, (iteration + 1) * self.batch_size):
+        for pos in range(first, first + per_rank):
             epoch, offset = divmod(pos, self.length)
             out.append((self._permutation(epoch)[offset], derive_seed(self.seed, 1, pos)))
         return out
@@ -279,22 +309,47 @@ def _loader_kwargs(cfg: Config) -> dict[str, Any]:
     }
 
 
-def build_train_loader(cfg: Config, start_iteration: int = 0) -> DataLoader[Sample]:
+def build_train_loader(
+    cfg: Config, start_iteration: int = 0, rank: int = 0, world_size: int = 1
+) -> DataLoader[Sample]:
     """Infinite training loader (augmentation on), batches of `train.batch_size` starting at
-    iteration `start_iteration` (see `TrainBatchSampler`). Yields `Batch`es."""
-    records = build_records(cfg, "train")
+    iteration `start_iteration` (see `TrainBatchSampler`). Yields `Batch`es.
+
+    Data-parallel: `train.batch_size` is per process; process `rank` of `world_size` gets its
+    slice of the global stream of batch `train.batch_size * world_size`."""
+    records = build_records(cfg, "train", open_images=True)
+    _refuse_bad_val(cfg)
     transform = build_transforms(
         cfg.augment, cfg.priors.image_size, cfg.input.mean, cfg.input.std, train=True
     )
-    dataset = DetectionDataset(records, transform, seed=cfg.seed)
-    sampler = TrainBatchSampler(len(dataset), cfg.train.batch_size, cfg.seed, start_iteration)
+    dataset = DetectionDataset(records, transform, seed=cfg.seed, skip_invalid=cfg.data.skip_invalid)
+    sampler = TrainBatchSampler(
+        len(dataset), cfg.train.batch_size * world_size, cfg.seed, start_iteration, rank, world_size
+    )
     return DataLoader(dataset, batch_sampler=sampler, **_loader_kwargs(cfg))
+
+
+def _refuse_bad_val(cfg: Config) -> None:
+    """Fatal problems of the val split fail the run now, not at its first evaluation (unless
+    `data.skip_invalid`: evaluation then skips those samples)."""
+    if cfg.data.skip_invalid:
+        return
+    scan = check_split(cfg, "val", decode=cfg.data.check_decode)
+    if scan.fatal:
+        raise DatasetError(
+            cfg.data.root,
+            f"the val split (evaluated during training) has {len(scan.fatal)} fatal problem(s) in "
+            f"{len(scan.bad_samples)} of {len(scan.samples)} samples; fix them, or set data.skip_invalid: "
+            f"true:\n{summarize(scan.problems)}",
+            kind=scan.fatal[0].kind,
+        )
 
 
 def build_eval_loader(cfg: Config, split: Split | str = "val") -> DataLoader[Sample]:
     """One ordered pass over `split` (resize only), batches of `eval.batch_size`. Yields
-    `Batch`es; `loader.dataset.records` are the records in loader order."""
-    records = build_records(cfg, split)
+    `Batch`es; `loader.dataset.records` are the records in loader order (with
+    `data.skip_invalid`, samples whose image is unusable are left out)."""
+    records = build_records(cfg, split, open_images=True)
     transform = build_transforms(
         cfg.augment, cfg.priors.image_size, cfg.input.mean, cfg.input.std, train=False
     )

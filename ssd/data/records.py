@@ -8,17 +8,35 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 
 class DatasetError(ValueError):
-    """Bad data; the message always names the file (and the field) at fault."""
+    """Bad data; the message always names the file (and the field) at fault.
 
-    def __init__(self, path: str | Path, message: str) -> None:
+    `kind` classifies the problem for `ssd.data.check` (one of `ssd.data.check.KINDS`) and
+    `image_id` names the sample it makes unusable, when known.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        message: str,
+        *,
+        kind: str = "malformed_annotation",
+        image_id: str | None = None,
+    ) -> None:
         self.path = str(path)
         self.detail = message
+        self.kind = kind
+        self.image_id = image_id
         super().__init__(f"{path}: {message}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # picklable (DataLoader workers, multiprocessing) with its keyword fields
+        return (self.__class__, (self.path, self.detail), dict(self.__dict__))
 
 
 @dataclass
@@ -38,10 +56,21 @@ class Record:
     labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
     difficult: np.ndarray = field(default_factory=lambda: np.zeros((0,), bool))
     annotation_path: Path | None = None
+    # Number of image channels the annotation states (VOC `<size><depth>`), None when unstated.
+    depth: int | None = None
 
     @property
     def num_boxes(self) -> int:
         return int(self.boxes_px.shape[0])
+
+
+# Largest coordinate a box may have: records hold float32, beyond this a value becomes inf.
+MAX_COORDINATE: float = float(np.finfo(np.float32).max)
+
+
+def in_coordinate_range(*values: float) -> bool:
+    """True when every value is finite and representable as float32 (see `MAX_COORDINATE`)."""
+    return all(abs(v) <= MAX_COORDINATE for v in values)  # False for NaN and inf
 
 
 # Image file suffixes the readers pair with annotations (compared case-insensitively).
@@ -59,7 +88,7 @@ def image_size_from_header(path: Path) -> tuple[int, int]:
         with Image.open(path) as im:
             width, height = im.size
     except FileNotFoundError as exc:
-        raise DatasetError(path, "image file not found") from exc
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise DatasetError(path, f"cannot read the image header: {exc}") from exc
+        raise DatasetError(path, "image file not found", kind="missing_image") from exc
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        raise DatasetError(path, f"cannot read the image header: {exc}", kind="unreadable_image") from exc
     return int(width), int(height)

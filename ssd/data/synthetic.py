@@ -27,6 +27,11 @@ detector can learn it:
 | variegated | tall band of colour mottling (red/green/blue blotches) |
 | dirty_spot | dark brown irregular blots, several per image |
 
+Width and height of a box that is not full width are drawn jointly (a Gaussian copula, see
+`sample_wh`): each keeps exactly the p10/p50/p90 of DATA.md, and their normal scores are correlated
+with the class's `rho` (an assumption: DATA.md gives only the marginals), so that a tiny width
+with a huge height (a 40 x 1300 px dirty spot) is as rare as it is on real defects.
+
 Class frequencies follow Table 1 (every class at least once when there are >= 10 defect images),
 ~9 % of the images carry a second class, ~3 % are defect-free. Randomness: one
 `numpy.random.Generator` per image seeded by (seed, image index), plus one for the plan, so the
@@ -61,7 +66,7 @@ MULTI_DEFECT_FRACTION = 0.09
 DEFECT_FREE_FRACTION = 0.03
 JPEG_QUALITY = 90
 SUMMARY_FILE = "synthetic.json"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: correlated (copula) width and height
 
 ENGLISH_TO_CHINESE: dict[str, str] = {en: zh for zh, en in TIANCHI_LABELS.items()}
 
@@ -76,6 +81,11 @@ class DefectGeometry:
     full width when `full` is set (the probability of a full-width box); with `full=None` the
     width comes from `w` alone and a width >= 97 % of the image counts as full width.
     `count`: images in Table 1 (the class frequency). `instances`: min/max boxes per image.
+    `rho`: correlation of the normal scores of width and height (Gaussian copula) of the boxes
+    that are not full width. DATA.md gives only the marginals; a positive dependence is our
+    assumption (bigger defects are bigger both ways): 0.8 for compact spots and bubbles, 0.7 for
+    the other classes (thin scratches and streaks, partial bands, whose extent along one axis says
+    less about the other).
     """
 
     count: int
@@ -83,6 +93,7 @@ class DefectGeometry:
     w: tuple[float, float, float]
     full: float | None
     instances: tuple[int, int] = (1, 1)
+    rho: float = 0.7
 
 
 _PARTIAL_BAND_W = (1300.0, 1900.0, 2400.0)  # bands that do not span the whole width
@@ -94,10 +105,10 @@ GEOMETRY: dict[str, DefectGeometry] = {
     "orange_peel": DefectGeometry(173, (74, 294, 931), _PARTIAL_BAND_W, 1.0),
     "bottom_leak": DefectGeometry(538, (74, 135, 321), _PARTIAL_BAND_W, 0.94),
     "jet": DefectGeometry(86, (97, 168, 265), (261, 820, 1901), None, (1, 2)),
-    "paint_bubble": DefectGeometry(82, (25, 58, 103), (31, 217, 2498), None, (1, 5)),
+    "paint_bubble": DefectGeometry(82, (25, 58, 103), (31, 217, 2498), None, (1, 5), rho=0.8),
     "pit": DefectGeometry(407, (36, 55, 142), _PARTIAL_BAND_W, 1.0),
     "variegated": DefectGeometry(365, (280, 556, 706), _PARTIAL_BAND_W, 1.0),
-    "dirty_spot": DefectGeometry(251, (39, 86, 1332), (41, 113, 2527), None, (1, 4)),
+    "dirty_spot": DefectGeometry(251, (39, 86, 1332), (41, 113, 2527), None, (1, 4), rho=0.8),
 }
 assert tuple(GEOMETRY) == TIANCHI_CLASSES
 
@@ -107,28 +118,50 @@ _Z90 = 1.2815516  # standard normal 90th percentile
 # --------------------------------------------------------------------------- sampling
 
 
-def sample_quantiles(rng: np.random.Generator, q: tuple[float, float, float]) -> float:
-    """A draw whose p10/p50/p90 are `q`: a log-normal with separate spreads below and above the
-    median (so skewed statistics such as p50 = p90 are met exactly)."""
+def quantile_transform(z: float, q: tuple[float, float, float]) -> float:
+    """The value at normal score `z` of a distribution whose p10/p50/p90 are `q`: a log-normal
+    with separate spreads below and above the median (so skewed statistics such as p50 = p90 are
+    met exactly). Monotone in `z`; z = -1.2816 / 0 / 1.2816 give p10 / p50 / p90."""
     p10, p50, p90 = q
-    z = float(rng.standard_normal())
     ref = p90 if z >= 0 else p10
     return float(p50 * (ref / p50) ** (abs(z) / _Z90))
+
+
+def sample_quantiles(rng: np.random.Generator, q: tuple[float, float, float]) -> float:
+    """A draw whose p10/p50/p90 are `q` (`quantile_transform` of a standard normal)."""
+    return quantile_transform(float(rng.standard_normal()), q)
+
+
+def sample_wh(
+    rng: np.random.Generator,
+    qw: tuple[float, float, float],
+    qh: tuple[float, float, float],
+    rho: float,
+) -> tuple[float, float]:
+    """(w, h) with the marginal quantiles `qw` and `qh` and a Gaussian copula of correlation
+    `rho`: z_h ~ N(0, 1), z_w = rho z_h + sqrt(1 - rho^2) e with e ~ N(0, 1) independent, so
+    z_w ~ N(0, 1) as well (each marginal is exactly that of `sample_quantiles`) while the
+    normal scores have correlation `rho`."""
+    z_h, e = (float(v) for v in rng.standard_normal(2))
+    z_w = rho * z_h + math.sqrt(max(0.0, 1.0 - rho * rho)) * e
+    return quantile_transform(z_w, qw), quantile_transform(z_h, qh)
 
 
 def _sample_box(
     rng: np.random.Generator, cls: str, width: int, height: int, placed: list[Box], force: bool
 ) -> Box | None:
     """A box (xyxy, pixels) for `cls` that overlaps no placed box by more than 30 % of the smaller
-    one; None after 30 tries unless `force`."""
+    one; None after 30 tries unless `force`. Width and height come from `sample_wh` (the class's
+    quantiles, correlated by its `rho`); a full-width box keeps the height and spans the image."""
     g = GEOMETRY[cls]
     sx, sy = width / REFERENCE_SIZE[0], height / REFERENCE_SIZE[1]
     min_side = 3.0
     candidate: Box | None = None
     for _ in range(30):
-        h = min(max(sample_quantiles(rng, g.h) * sy, min_side), height * 0.9)
+        w_ref, h_ref = sample_wh(rng, g.w, g.h, g.rho)
+        h = min(max(h_ref * sy, min_side), height * 0.9)
         full = bool(rng.random() < g.full) if g.full is not None else False
-        w = width if full else min(max(sample_quantiles(rng, g.w) * sx, min_side), width)
+        w = width if full else min(max(w_ref * sx, min_side), width)
         if g.full is not None and not full:
             w = min(w, 0.95 * width)
         if w >= 0.97 * width:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from ssd.data.synthetic import (
     _sample_box,
     generate_dataset,
     plan_dataset,
+    quantile_transform,
     sample_quantiles,
+    sample_wh,
 )
 from tests.data import REPO
 from tools import synthesize
@@ -120,6 +123,40 @@ def test_box_geometry_follows_data_md() -> None:
             assert abs(full.mean() - g.full) < 0.03
     widths = np.array([sample_quantiles(rng, (31, 217, 2498)) for _ in range(20000)])
     np.testing.assert_allclose(np.percentile(widths, [10, 50, 90]), [31, 217, 2498], rtol=0.06)
+
+
+def test_copula_keeps_the_marginals_and_correlates_w_and_h() -> None:
+    rng = np.random.default_rng(1)
+    g = GEOMETRY["dirty_spot"]
+    wh = np.array([sample_wh(rng, g.w, g.h, g.rho) for _ in range(40000)])
+    np.testing.assert_allclose(np.percentile(wh[:, 0], [10, 50, 90]), g.w, rtol=0.05)
+    np.testing.assert_allclose(np.percentile(wh[:, 1], [10, 50, 90]), g.h, rtol=0.05)
+    # normal scores recovered through the (monotone, piecewise log-linear) quantile transform
+    z = np.stack([_normal_score(wh[:, 0], g.w), _normal_score(wh[:, 1], g.h)])
+    assert abs(np.corrcoef(z)[0, 1] - g.rho) < 0.02
+    # absurd shapes (width below p10 with height above p90) are rare; independent draws give 1 %
+    absurd = (wh[:, 0] < g.w[0]) & (wh[:, 1] > g.h[2])
+    assert absurd.mean() < 0.001
+    zi = np.array([sample_wh(rng, g.w, g.h, 0.0) for _ in range(20000)])
+    assert 0.007 < ((zi[:, 0] < g.w[0]) & (zi[:, 1] > g.h[2])).mean() < 0.013
+    # quantile_transform: exact quantiles at the normal scores of p10 / p50 / p90, monotone
+    assert [round(quantile_transform(v, (31, 217, 2498)), 6) for v in (-1.2815516, 0.0, 1.2815516)] == [
+        31.0,
+        217.0,
+        2498.0,
+    ]
+    grid = [quantile_transform(float(v), g.h) for v in np.linspace(-3, 3, 61)]
+    assert all(a < b for a, b in itertools.pairwise(grid))
+
+
+def _normal_score(x: np.ndarray, q: tuple[float, float, float]) -> np.ndarray:
+    """Inverse of `quantile_transform`."""
+    p10, p50, p90 = q
+    up = x >= p50
+    z = np.empty_like(x)
+    z[up] = 1.2815516 * np.log(x[up] / p50) / np.log(p90 / p50)
+    z[~up] = -1.2815516 * np.log(x[~up] / p50) / np.log(p10 / p50)
+    return z
 
 
 def test_plan_follows_table_1() -> None:
