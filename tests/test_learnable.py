@@ -221,3 +221,41 @@ def test_scale_only_batchnorm_has_no_shift() -> None:
     model = ssd.build_model(small_cfg())
     assert model.head.wh_norm is not None
     assert ssd.build_model(small_cfg(learnable=False)).head.wh_norm is None
+
+
+def test_learned_shapes_keep_their_offsets_and_export_them(tmp_path: Path) -> None:
+    shapes = [[[20, 20], [40, 20]]] + [[[48, 48]]] * 6
+    shapes[0] += [[10, 10, -0.25, -0.25], [10, 10, 0.25, 0.25]]
+    shapes[2] = [[96, 96], [300, 30, 0.0, 0.375]]
+    cfg = small_cfg(shapes=shapes)
+    model = ssd.build_model(cfg)
+    priors0 = model.priors().detach().clone()
+    assert torch.equal(priors0, ssd.generate_priors(cfg.priors))
+    offsets = model.priors._offsets
+    assert (
+        offsets.shape == (11, 2)
+        and offsets[2].tolist() == [-0.25, -0.25]
+        and offsets[6].tolist() == [0.0, 0.375]
+    )
+    assert "priors._offsets" not in model.state_dict()  # derived from the config, like the centres
+    # a learning step moves the shapes, never the centres (offsets included)
+    out = model(torch.randn(2, 3, 320, 320))
+    box = torch.tensor([[0.1, 0.1, 0.14, 0.13], [0.2, 0.5, 0.9, 0.6]])
+    targets = Targets([box, box], [torch.tensor([1, 2])] * 2)
+    MultiBoxLoss()(out, targets, model.priors()).total.backward()
+    torch.optim.SGD([model.priors.log_wh], lr=1.0).step()
+    moved = model.priors().detach()
+    assert torch.equal(moved[:, :2], priors0[:, :2]) and not torch.equal(moved[:, 2:], priors0[:, 2:])
+    # the cell of a centre still gives one prior per distinct shape (the offset copies included)
+    aids = PriorAids.from_config(cfg)
+    idx = aids.cell_priors(torch.tensor([[0.5, 0.5]]))
+    assert sorted(aids.layout.shape_index[idx[0]].tolist()) == list(range(11))
+    exported = export_learned_priors(model, cfg, tmp_path / "learned.yaml")
+    assert exported.priors.shapes is not None
+    assert exported.priors.shapes[0][2][2:] == (-0.25, -0.25) and exported.priors.shapes[2][1][2:] == (
+        0.0,
+        0.375,
+    )
+    assert len(exported.priors.shapes[0][0]) == 2  # no offset: written as [w, h]
+    reloaded = ssd.load_config(tmp_path / "learned.yaml")
+    assert torch.equal(ssd.generate_priors(reloaded.priors), model.priors())

@@ -10,12 +10,15 @@ import pytest
 import torch
 
 import ssd
-from ssd.config import Config, PriorsConfig, replace
+from ssd.config import Config, ConfigError, PriorsConfig, replace
 from ssd.priors.generator import (
     layout_from_config,
+    offsets_per_level,
     prior_layout,
     ratio_form_shapes,
+    shape_entry,
     shapes_per_level,
+    split_entry,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -173,3 +176,106 @@ def test_generate_priors_equals_model_priors_bit_for_bit(small_cfg: Config) -> N
     for cfg in (small_cfg, replace(small_cfg, **{"priors.clip": True})):
         model = ssd.build_model(cfg)
         assert torch.equal(model.priors(), ssd.generate_priors(cfg.priors))
+
+
+# --------------------------------------------------------------------------- sub-cell offsets
+
+
+def reference_shape_priors(cfg: PriorsConfig) -> torch.Tensor:
+    """Loop-based shape-form generator (float64): entry [w, h] or [w, h, dx, dy] in cell (i, j)
+    sits at ((j + 0.5 + dx) * step, (i + 0.5 + dy) * step) / image_size."""
+    assert cfg.shapes is not None
+    out = []
+    size = cfg.image_size
+    for level, f in enumerate(cfg.feature_maps):
+        step = cfg.steps[level]
+        for i, j in itertools.product(range(f), repeat=2):
+            for entry in cfg.shapes[level]:
+                w, h = entry[0], entry[1]
+                dx, dy = (entry[2], entry[3]) if len(entry) == 4 else (0.0, 0.0)
+                out.append([(j + 0.5 + dx) * step / size, (i + 0.5 + dy) * step / size, w / size, h / size])
+    return torch.tensor(out, dtype=torch.float64)
+
+
+OFFSET_SHAPES = (
+    ((8.0, 8.0), (8.0, 8.0, 0.25, 0.25), (8.0, 8.0, -0.25, 0.25), (30.0, 6.0, 0.0, -0.375)),
+    ((20.0, 20.0), (60.0, 10.0, 0.0, 0.25)),
+    ((50.0, 40.0, 0.4, -0.49),),
+)
+
+
+def test_one_by_one_map_with_offsets_golden() -> None:
+    # 100x100 input, one 1x1 map of step 100: the offsets move the centre by dx*100, dy*100 px
+    cfg = PriorsConfig(
+        image_size=100,
+        feature_maps=(1,),
+        steps=(100,),
+        shapes=(((30.0, 30.0), (30.0, 30.0, 0.25, -0.25), (20.0, 10.0, -0.1, 0.4)),),
+    )
+    expected = torch.tensor(
+        [[0.5, 0.5, 0.3, 0.3], [0.75, 0.25, 0.3, 0.3], [0.4, 0.9, 0.2, 0.1]],
+    )
+    torch.testing.assert_close(ssd.generate_priors(cfg), expected, rtol=0, atol=1e-7)
+    assert offsets_per_level(cfg) == [[(0.0, 0.0), (0.25, -0.25), (-0.1, 0.4)]]
+    assert shapes_per_level(cfg) == [[(30.0, 30.0), (30.0, 30.0), (20.0, 10.0)]]
+
+
+def test_offsets_follow_the_reference_loop_and_the_cell_order() -> None:
+    cfg = PriorsConfig(image_size=64, feature_maps=(8, 4, 1), steps=(8, 16, 64), shapes=OFFSET_SHAPES)
+    priors = ssd.generate_priors(cfg)
+    assert priors.shape == (8 * 8 * 4 + 4 * 4 * 2 + 1, 4)
+    torch.testing.assert_close(priors.double(), reference_shape_priors(cfg), rtol=0, atol=1e-7)
+    # a 2x2 sub-grid at +-0.25 of step 8 is a lattice of step 4 (x) within the level
+    layout = layout_from_config(cfg)
+    assert layout.num_shapes == (4, 2, 1)
+    assert layout.shape_offsets[:4].tolist() == [[0.0, 0.0], [0.25, 0.25], [-0.25, 0.25], [0.0, -0.375]]
+    cx = priors[:4, 0] * 64  # cell (0, 0): centres 4, 6, 2, 4 px
+    assert cx.tolist() == [4.0, 6.0, 2.0, 4.0]
+
+
+def test_zero_offsets_equal_plain_shapes_bit_for_bit() -> None:
+    plain = PriorsConfig(
+        image_size=64, feature_maps=(8, 1), steps=(8, 64), shapes=(((8.0, 6.0),), ((40.0, 30.0),))
+    )
+    zero = replace(plain, shapes=(((8.0, 6.0, 0.0, 0.0),), ((40.0, 30.0, 0.0, 0.0),)))
+    assert torch.equal(ssd.generate_priors(plain), ssd.generate_priors(zero))
+    assert split_entry((8.0, 6.0, 0.0, 0.0)) == ((8.0, 6.0), (0.0, 0.0))
+    assert shape_entry((8.0, 6.0), (0.0, 0.0)) == (8.0, 6.0)
+    assert shape_entry((8.0, 6.0), (0.25, -0.25)) == (8.0, 6.0, 0.25, -0.25)
+
+
+def test_generate_priors_equals_model_priors_with_offsets(small_cfg: Config) -> None:
+    base = shapes_per_level(small_cfg.priors)
+    shapes = [list(level) for level in base]
+    shapes[0] = [*shapes[0], (10.0, 12.0, 0.25, 0.25), (10.0, 12.0, -0.25, -0.25)]
+    shapes[3] = [*shapes[3], (300.0, 20.0, 0.0, 0.375)]
+    cfg = replace(small_cfg, **{"priors.shapes": tuple(tuple(level) for level in shapes)})
+    for c in (cfg, replace(cfg, **{"priors.clip": True})):
+        model = ssd.build_model(c)
+        priors = ssd.generate_priors(c.priors)
+        assert priors.shape[0] == 24564 + 2 * 64 * 64 + 8 * 8
+        assert torch.equal(model.priors(), priors)
+        assert model.head.cls[0].out_channels == 6 * c.num_classes  # the per-cell count grows
+    unclipped = ssd.generate_priors(cfg.priors).double()
+    torch.testing.assert_close(unclipped, reference_shape_priors(cfg.priors), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("[10, 10, 0.5, 0]", "must be in \\(-0.5, 0.5\\)"),
+        ("[10, 10, 0, -0.5]", "must be in \\(-0.5, 0.5\\)"),
+        ("[10, 10, 0.1]", "expected \\[w, h\\] or \\[w, h, dx, dy\\], got 3 numbers"),
+        ("[10, 10, 0.1, 0.1, 0.1]", "got 5 numbers"),
+        ("[0, 10, 0.1, 0.1]", "w and h must be positive"),
+    ],
+)
+def test_shape_entries_are_validated_with_the_dotted_key(entry: str, message: str) -> None:
+    levels = ["[[8, 8]]"] * 7
+    levels[2] = f"[[8, 8], {entry}]"
+    with pytest.raises(ConfigError, match=r"priors\.shapes\[2\]\[1\]: .*" + message):
+        ssd.load_config(None, [f"priors.shapes=[{', '.join(levels)}]"])
+    ok = levels.copy()
+    ok[2] = "[[8, 8], [10, 10, 0.49, -0.49]]"
+    cfg = ssd.load_config(None, [f"priors.shapes=[{', '.join(ok)}]"])
+    assert cfg.priors.shapes is not None and cfg.priors.shapes[2][1] == (10.0, 10.0, 0.49, -0.49)

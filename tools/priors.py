@@ -10,13 +10,14 @@ them). Boxes come from ``--annotations PATH --format voc|coco|labelme [--split F
         [--update mean|median] [--restarts 10] [--seed 0]
     python -m tools.priors sweep --config CFG --k-min 2 --k-max 16 --output-dir DIR
     python -m tools.priors optimize --config BASE --out NEW.yaml [--method paper|coverage]
-        [--max-priors N] [--output-dir DIR]
+        [--max-priors N] [--subgrids 1x2,2x1,2x2,1x4,4x1|none] [--output-dir DIR]
 
 ``fit`` reports (labelled) shape IoU and grid IoU, recall@t (the matcher threshold), positives
 per ground truth, per class and size bucket, and the unmatched ground truth by shape; with
 ``--output-dir`` it writes fit.json, fit.md, shapes.png (density + priors) and recall.png.
 ``optimize`` writes NEW.yaml = BASE + a shape-form ``priors:`` section (it loads with
-ssd.load_config and builds with ssd.build_model).
+ssd.load_config and builds with ssd.build_model); coverage may put a shape on a sub-grid of its
+level, written as ``[w, h, dx, dy]`` entries (the same shape at several sub-cell offsets).
 
 Exit status: 0 ok, 2 usage, config or data error (the message names the culprit).
 """
@@ -115,9 +116,40 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--restarts", type=int, default=10, help="k-means restarts")
     o.add_argument("--sample-size", type=int, default=8000, help="coverage: boxes x jitter copies scored")
-    o.add_argument("--iou-weight", type=float, default=0.5, help="coverage: objective recall + w * mean IoU")
-    o.add_argument("--max-shapes-per-level", type=int, default=12, help="coverage: shapes per level cap")
+    o.add_argument("--iou-weight", type=float, help="coverage: objective recall + w * mean IoU (default 0.2)")
+    o.add_argument(
+        "--max-shapes-per-level",
+        type=int,
+        help="coverage: cap on the shapes (priors per cell) of a level, sub-grid copies counted (default 40)",
+    )
+    o.add_argument(
+        "--subgrids",
+        type=_parse_subgrids,
+        help="coverage: sub-grids NXxNY a shape may be put on, comma-separated, or 'none' "
+        "(default 1x2,2x1,2x2,1x4,4x1: a shape at 2 or 4 sub-cell offsets)",
+    )
+    o.add_argument(
+        "--jitter-scale",
+        type=float,
+        help="coverage: sigma of the log size noise of the sample copies (default 0.2; 0 = off)",
+    )
     return ap
+
+
+def _parse_subgrids(text: str) -> tuple[tuple[int, int], ...]:
+    """'1x2,2x2' -> ((1, 2), (2, 2)); 'none' -> ()."""
+    if text.strip().lower() in ("none", ""):
+        return ()
+    out = []
+    for item in text.split(","):
+        try:
+            nx, ny = (int(v) for v in item.strip().lower().split("x"))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"expected NXxNY items such as 2x2, got {item!r}") from exc
+        if nx < 1 or ny < 1 or nx * ny > 64:
+            raise argparse.ArgumentTypeError(f"sub-grid {item!r}: need 1 <= nx, ny and nx * ny <= 64")
+        out.append((nx, ny))
+    return tuple(out)
 
 
 # --------------------------------------------------------------------------- data
@@ -390,6 +422,12 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         raise UsageError("optimize needs --config BASE")
     cfg = _load_cfg(args.config, args.overrides)
     boxes = _boxes(cfg, args, "train")
+    optional = {
+        "iou_weight": args.iou_weight,
+        "max_shapes_per_level": args.max_shapes_per_level,
+        "subgrids": args.subgrids,
+        "jitter_scale": args.jitter_scale,
+    }
     res = optimize_priors(
         boxes,
         cfg.priors,
@@ -399,8 +437,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         seed=args.seed,
         restarts=args.restarts,
         sample_size=args.sample_size,
-        iou_weight=args.iou_weight,
-        max_shapes_per_level=args.max_shapes_per_level,
+        **{k: v for k, v in optional.items() if v is not None},
     )
     source = _source(args.config, args, "train")
     base_grid, new_grid = PriorGrid.from_config(cfg.priors), res.grid
@@ -425,7 +462,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         "boxes_per_cell": new_grid.boxes_per_cell,
         "base_num_priors": base_grid.num_priors,
         "base_boxes_per_cell": base_grid.boxes_per_cell,
-        "shapes": [[list(s) for s in level] for level in new_grid.shapes],
+        "shapes": [[list(e) for e in level] for level in new_grid.entries(2)],
         "fit_train": reports,
         "info": res.info,
     }
@@ -451,14 +488,30 @@ def cmd_optimize(args: argparse.Namespace) -> int:
             f"wrote {out}: {new_grid.num_priors} priors ({new_grid.boxes_per_cell} per cell; base "
             f"{base_grid.num_priors}, {base_grid.boxes_per_cell})"
         )
-        for lvl, shapes in enumerate(new_grid.shapes):
+        for lvl, entries in enumerate(new_grid.entries()):
             print(
-                f"  level {lvl} (f={new_grid.feature_maps[lvl]}, step {new_grid.steps[lvl]:g}): "
-                + ", ".join(f"{w:.1f}x{h:.1f}" for w, h in shapes)
+                f"  level {lvl} (f={new_grid.feature_maps[lvl]}, step {new_grid.steps[lvl]:g}, "
+                f"{len(entries)} per cell): " + _describe_entries(entries)
             )
         print(f"fit on the training boxes ({source}):")
         print(fit_table_markdown(reports))
     return 0
+
+
+def _describe_entries(entries: list[tuple[float, ...]]) -> str:
+    """'10.3x11.6, 20.0x8.0 at 4 offsets (dy -0.375..0.375)': a shape repeated at sub-cell
+    offsets is listed once with its offsets."""
+    groups: dict[tuple[float, float], list[tuple[float, float]]] = {}
+    for e in entries:
+        groups.setdefault((e[0], e[1]), []).append((e[2], e[3]) if len(e) == 4 else (0.0, 0.0))
+    parts = []
+    for (w, h), offs in groups.items():
+        if offs == [(0.0, 0.0)]:
+            parts.append(f"{w:.1f}x{h:.1f}")
+        else:
+            shown = " ".join(f"({dx:+g},{dy:+g})" for dx, dy in offs)
+            parts.append(f"{w:.1f}x{h:.1f} at {len(offs)} offsets {shown}")
+    return ", ".join(parts)
 
 
 COMMANDS = {"fit": cmd_fit, "kmeans": cmd_kmeans, "sweep": cmd_sweep, "optimize": cmd_optimize}

@@ -6,16 +6,18 @@ are reported, and labelled:
 
 - *shape* IoU (YOLO9000's k-means measure): the box and a prior shape co-centred, best over the
   distinct shapes; it ignores where priors sit and so over-states the fit;
-- *grid* IoU: best IoU against the actual positioned priors (cell centres
-  ((j + 0.5) step, (i + 0.5) step)), which is what `ssd.priors.matcher.match` uses.
+- *grid* IoU: best IoU against the actual positioned priors (centres
+  ((j + 0.5 + dx) step, (i + 0.5 + dy) step), dx = dy = 0 unless the shape has a sub-cell
+  offset), which is what `ssd.priors.matcher.match` uses.
 
 Grid statistics are exact and cheap for the regular (unclipped) layout: on one level, all priors
-of one shape form a lattice and the IoU with a box factorises into an x-overlap that depends only
-on the column and a y-overlap that depends only on the row, each non-increasing with the distance
-between centres. So the best prior of a (level, shape) is the one in the cell that contains the
-box centre (O(1) per box), and the number of priors with IoU >= t is a sum over rows of an
-interval length in columns (O(feature map) per box). Memory stays O(chunk x feature map). Clipped
-or arbitrary priors take `dense_grid_stats` (torchvision box_iou over chunks of ground truth).
+of one shape (at one offset) form a lattice and the IoU with a box factorises into an x-overlap
+that depends only on the column and a y-overlap that depends only on the row, each
+non-increasing with the distance between centres. So the best prior of a (level, shape) is the
+lattice point nearest to the box centre (O(1) per box), and the number of priors with IoU >= t
+is a sum over rows of an interval length in columns (O(feature map) per box). Memory stays
+O(chunk x feature map). Clipped or arbitrary priors take `dense_grid_stats` (torchvision
+box_iou over chunks of ground truth).
 """
 
 from __future__ import annotations
@@ -38,13 +40,16 @@ from ssd.priors.generator import (
     PriorLayout,
     assemble_priors,
     flat_shapes,
+    offsets_per_level,
     prior_layout,
+    shape_entry,
     shapes_per_level,
 )
 
 log = logging.getLogger(__name__)
 
 Shape = tuple[float, float]
+Offset = tuple[float, float]
 
 # Size buckets by sqrt(area) in input pixels (COCO's 32 / 96 split), plus elongated boxes.
 SIZE_BUCKETS: tuple[tuple[str, float, float], ...] = (
@@ -148,13 +153,16 @@ def records_to_input_boxes(
 @dataclass(frozen=True)
 class PriorGrid:
     """A prior set as levels of lattices: per level the shapes [w, h] in input pixels, the
-    feature map size f (f x f cells) and the step (pixels between cell centres)."""
+    feature map size f (f x f cells) and the step (pixels between cell centres); `offsets`
+    (parallel to `shapes`) each shape's sub-cell centre offset (dx, dy) in units of the step,
+    empty = all (0, 0) (normalised to explicit zeros)."""
 
     shapes: tuple[tuple[Shape, ...], ...]
     feature_maps: tuple[int, ...]
     steps: tuple[float, ...]
     image_size: int
     clip: bool = False
+    offsets: tuple[tuple[Offset, ...], ...] = ()
 
     def __post_init__(self) -> None:
         n = len(self.feature_maps)
@@ -162,6 +170,12 @@ class PriorGrid:
             raise ValueError(
                 f"prior grid: {len(self.shapes)} shape levels, {n} feature maps, {len(self.steps)} steps"
             )
+        if not self.offsets:
+            object.__setattr__(self, "offsets", tuple(((0.0, 0.0),) * len(lv) for lv in self.shapes))
+        if [len(o) for o in self.offsets] != [len(lv) for lv in self.shapes]:
+            raise ValueError("prior grid: offsets must parallel the shapes (one (dx, dy) per shape)")
+        if any(not -0.5 < d < 0.5 for lv in self.offsets for o in lv for d in o):
+            raise ValueError("prior grid: offsets (units of the step) must be in (-0.5, 0.5)")
 
     @classmethod
     def from_config(cls, cfg: PriorsConfig) -> PriorGrid:
@@ -172,17 +186,21 @@ class PriorGrid:
             steps=tuple(float(s) for s in cfg.steps),
             image_size=int(cfg.image_size),
             clip=bool(cfg.clip),
+            offsets=tuple(tuple(level) for level in offsets_per_level(cfg)),
         )
 
     @classmethod
     def from_layout(cls, layout: PriorLayout, shapes_wh: Tensor, clip: bool = False) -> PriorGrid:
-        """From a `PriorLayout` and its flat shapes [S, 2] (relative w, h), e.g. learned ones."""
+        """From a `PriorLayout` and its flat shapes [S, 2] (relative w, h), e.g. learned ones;
+        the sub-cell offsets come from the layout."""
         wh = (shapes_wh.detach().cpu().double() * layout.image_size).tolist()
-        levels, start = [], 0
+        off = layout.shape_offsets.double().tolist()
+        levels, offsets, start = [], [], 0
         for n in layout.num_shapes:
             levels.append(tuple((float(w), float(h)) for w, h in wh[start : start + n]))
+            offsets.append(tuple((float(dx), float(dy)) for dx, dy in off[start : start + n]))
             start += n
-        return cls(tuple(levels), layout.feature_maps, layout.steps, layout.image_size, clip)
+        return cls(tuple(levels), layout.feature_maps, layout.steps, layout.image_size, clip, tuple(offsets))
 
     @property
     def num_levels(self) -> int:
@@ -197,8 +215,26 @@ class PriorGrid:
         """Sum over levels of the shapes per cell (SSD's "default boxes per location", summed)."""
         return sum(len(s) for s in self.shapes)
 
+    @property
+    def has_offsets(self) -> bool:
+        return any(d != 0.0 for lv in self.offsets for o in lv for d in o)
+
+    def entries(self, ndigits: int | None = None) -> list[list[tuple[float, ...]]]:
+        """Per level the shape-form entries: (w, h), or (w, h, dx, dy) for an offset shape;
+        w and h rounded to `ndigits` when given."""
+        out = []
+        for shapes, offsets in zip(self.shapes, self.offsets):
+            level = []
+            for (w, h), off in zip(shapes, offsets):
+                wh = (w, h) if ndigits is None else (round(w, ndigits), round(h, ndigits))
+                level.append(shape_entry(wh, off))
+            out.append(level)
+        return out
+
     def layout(self) -> PriorLayout:
-        return prior_layout(self.feature_maps, self.steps, [len(s) for s in self.shapes], self.image_size)
+        return prior_layout(
+            self.feature_maps, self.steps, [len(s) for s in self.shapes], self.image_size, self.offsets
+        )
 
     def priors(self) -> Tensor:
         """[P, 4] cxcywh relative, in generator order (as `ssd.generate_priors`)."""
@@ -215,7 +251,7 @@ class PriorGrid:
             "image_size": self.image_size,
             "feature_maps": list(self.feature_maps),
             "steps": list(self.steps),
-            "shapes": [[[round(w, 3), round(h, 3)] for w, h in level] for level in self.shapes],
+            "shapes": [[list(e) for e in level] for level in self.entries(3)],
             "clip": self.clip,
         }
 
@@ -223,29 +259,40 @@ class PriorGrid:
 # --------------------------------------------------------------------------- lattice IoU
 
 
-def _overlap_nearest(g1: np.ndarray, g2: np.ndarray, step: float, f: int, size: np.ndarray) -> np.ndarray:
+def _overlap_nearest(
+    g1: np.ndarray, g2: np.ndarray, step: float, f: int, size: np.ndarray, offset: np.ndarray
+) -> np.ndarray:
     """1-D overlap [G, S] of intervals [g1, g2] (pixels, [G]) with the prior of length `size` [S]
-    centred in the cell that contains the interval's centre (clamped to the map)."""
+    at the lattice point (j + 0.5 + offset) step, 0 <= j < f, nearest to the interval's centre
+    (`offset` [S] in units of the step; with 0 that is the cell containing the centre)."""
     centre = 0.5 * (g1 + g2)
-    j = np.clip(np.floor(centre / step), 0, f - 1)
-    c = (j + 0.5) * step
-    lo = np.maximum(g1[:, None], c[:, None] - size[None, :] / 2)
-    hi = np.minimum(g2[:, None], c[:, None] + size[None, :] / 2)
+    j = np.clip(np.floor(centre[:, None] / step - offset[None, :]), 0, f - 1)  # [G, S]
+    c = (j + 0.5 + offset[None, :]) * step
+    lo = np.maximum(g1[:, None], c - size[None, :] / 2)
+    hi = np.minimum(g2[:, None], c + size[None, :] / 2)
     out: np.ndarray = np.clip(hi - lo, 0.0, None)
     return out
 
 
-def lattice_best_iou(boxes_px: np.ndarray, shapes: np.ndarray, feature_map: int, step: float) -> np.ndarray:
+def lattice_best_iou(
+    boxes_px: np.ndarray,
+    shapes: np.ndarray,
+    feature_map: int,
+    step: float,
+    offsets: np.ndarray | None = None,
+) -> np.ndarray:
     """Best IoU [G, S] of boxes [G, 4] (xyxy, input pixels) against each lattice of priors with
-    shape `shapes` [S, 2] (w, h pixels) centred at ((j + 0.5) step, (i + 0.5) step), 0 <= i,j < f.
+    shape `shapes` [S, 2] (w, h pixels) centred at ((j + 0.5 + dx) step, (i + 0.5 + dy) step),
+    0 <= i,j < f, with `offsets` [S, 2] (dx, dy) in units of the step (default 0).
 
     Exact: IoU = ox * oy / (A + B - ox * oy) with ox depending on the column only and oy on the
-    row only, both largest in the cell containing the box centre.
+    row only, both largest at the lattice point nearest to the box centre.
     """
     b = np.asarray(boxes_px, dtype=np.float64)
     s = np.asarray(shapes, dtype=np.float64).reshape(-1, 2)
-    ox = _overlap_nearest(b[:, 0], b[:, 2], step, feature_map, s[:, 0])
-    oy = _overlap_nearest(b[:, 1], b[:, 3], step, feature_map, s[:, 1])
+    o = np.zeros_like(s) if offsets is None else np.asarray(offsets, dtype=np.float64).reshape(-1, 2)
+    ox = _overlap_nearest(b[:, 0], b[:, 2], step, feature_map, s[:, 0], o[:, 0])
+    oy = _overlap_nearest(b[:, 1], b[:, 3], step, feature_map, s[:, 1], o[:, 1])
     inter = ox * oy
     area_g = ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))[:, None]
     union = area_g + (s[:, 0] * s[:, 1])[None, :] - inter
@@ -253,18 +300,26 @@ def lattice_best_iou(boxes_px: np.ndarray, shapes: np.ndarray, feature_map: int,
     return out
 
 
-def _count_within(centre: np.ndarray, radius: np.ndarray, step: float, f: int) -> np.ndarray:
-    """Number of cell centres (j + 0.5) step, 0 <= j < f, with |c_j - centre| <= radius."""
-    lo = np.maximum(np.ceil((centre - radius) / step - 0.5), 0)
-    hi = np.minimum(np.floor((centre + radius) / step - 0.5), f - 1)
+def _count_within(
+    centre: np.ndarray, radius: np.ndarray, step: float, f: int, offset: float = 0.0
+) -> np.ndarray:
+    """Number of lattice points c_j = (j + 0.5 + offset) step, 0 <= j < f, with |c_j - centre| <= radius."""
+    lo = np.maximum(np.ceil((centre - radius) / step - 0.5 - offset), 0)
+    hi = np.minimum(np.floor((centre + radius) / step - 0.5 - offset), f - 1)
     out: np.ndarray = np.where(radius >= 0, np.clip(hi - lo + 1, 0, None), 0)
     return out
 
 
 def lattice_positives(
-    boxes_px: np.ndarray, shape: Shape, feature_map: int, step: float, threshold: float
+    boxes_px: np.ndarray,
+    shape: Shape,
+    feature_map: int,
+    step: float,
+    threshold: float,
+    offset: Offset = (0.0, 0.0),
 ) -> np.ndarray:
-    """Number of priors [G] of one lattice (one shape on one level) with IoU >= `threshold`.
+    """Number of priors [G] of one lattice (one shape on one level, centred at
+    ((j + 0.5 + dx) step, (i + 0.5 + dy) step) with `offset` = (dx, dy)) with IoU >= `threshold`.
 
     IoU >= t  <=>  ox * oy >= T = t (A + B) / (1 + t). For each row i with y-overlap oy_i the
     columns must have ox >= T / oy_i =: c, and ox(d) = min(gw, pw, (gw + pw) / 2 - |d|) (d the
@@ -275,14 +330,15 @@ def lattice_positives(
     gw, gh = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
     gcx, gcy = 0.5 * (b[:, 0] + b[:, 2]), 0.5 * (b[:, 1] + b[:, 3])
     big_t = threshold * (gw * gh + pw * ph) / (1.0 + threshold)  # [G]
-    cy = (np.arange(feature_map) + 0.5) * step  # [f] row centres
+    off_x, off_y = float(offset[0]), float(offset[1])
+    cy = (np.arange(feature_map) + 0.5 + off_y) * step  # [f] row centres
     dy = np.abs(cy[None, :] - gcy[:, None])  # [G, f]
     oy = np.clip(np.minimum(np.minimum(gh, ph)[:, None], (gh[:, None] + ph) / 2 - dy), 0.0, None)
     with np.errstate(divide="ignore", invalid="ignore"):
         need = np.where(oy > 0, big_t[:, None] / oy, np.inf)  # required x-overlap per row
     ok = need <= np.minimum(gw, pw)[:, None]
     radius = np.where(ok, (gw[:, None] + pw) / 2 - need, -1.0)
-    counts = _count_within(np.broadcast_to(gcx[:, None], radius.shape), radius, step, feature_map)
+    counts = _count_within(np.broadcast_to(gcx[:, None], radius.shape), radius, step, feature_map, off_x)
     out: np.ndarray = counts.sum(axis=1).astype(np.int64)
     return out
 
@@ -316,22 +372,25 @@ def grid_stats(
     best_shape = np.zeros(g, np.int64)
     num_above = np.zeros(g, np.int64)
     offset = 0
-    for level, (shapes, f, step) in enumerate(zip(grid.shapes, grid.feature_maps, grid.steps)):
+    for level, (shapes, offs, f, step) in enumerate(
+        zip(grid.shapes, grid.offsets, grid.feature_maps, grid.steps)
+    ):
         arr = np.array(shapes, dtype=np.float64).reshape(-1, 2)
+        off = np.array(offs, dtype=np.float64).reshape(-1, 2)
         for start in range(0, g, chunk):
             sl = slice(start, min(start + chunk, g))
-            iou = lattice_best_iou(px[sl], arr, f, step)  # [g', S_l]
+            iou = lattice_best_iou(px[sl], arr, f, step, off)  # [g', S_l]
             j = iou.argmax(axis=1)
             v = iou[np.arange(iou.shape[0]), j]
             better = v > best[sl]
             best[sl] = np.where(better, v, best[sl])
             best_level[sl] = np.where(better, level, best_level[sl])
             best_shape[sl] = np.where(better, offset + j, best_shape[sl])
-            for s_idx, shape in enumerate(shapes):
+            for s_idx, (shape, o) in enumerate(zip(shapes, offs)):
                 # a lattice can only hold a positive where its best IoU is one
                 cand = np.flatnonzero(iou[:, s_idx] >= threshold)
                 if cand.size:
-                    num_above[start + cand] += lattice_positives(px[sl][cand], shape, f, step, threshold)
+                    num_above[start + cand] += lattice_positives(px[sl][cand], shape, f, step, threshold, o)
         offset += len(shapes)
     return GridStats(best, best_level, best_shape, num_above)
 
@@ -470,10 +529,12 @@ def fit_report(
             "step": step,
             "num_shapes": len(shapes),
             "num_priors": f * f * len(shapes),
-            "shapes": [[round(w, 2), round(h, 2)] for w, h in shapes],
+            "shapes": [list(e) for e in entries],
             "best_for_gt": int((stats.best_level == level).sum()),
         }
-        for level, (shapes, f, step) in enumerate(zip(grid.shapes, grid.feature_maps, grid.steps))
+        for level, (shapes, entries, f, step) in enumerate(
+            zip(grid.shapes, grid.entries(2), grid.feature_maps, grid.steps)
+        )
     ]
     miss = np.flatnonzero(stats.best_iou < iou_threshold)
     worst = miss[np.argsort(stats.best_iou[miss], kind="stable")][:max_unmatched]

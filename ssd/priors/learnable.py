@@ -1,5 +1,6 @@
 """Prior shapes as a module: fixed (a buffer) or trainable (Zhong et al., "Anchor Box Optimization
-for Object Detection"): each distinct shape of a level is a pair (log w, log h), centres stay fixed.
+for Object Detection"): each distinct shape of a level is a pair (log w, log h), centres stay fixed
+(including the per-shape sub-cell offsets of `[w, h, dx, dy]` entries: they are never learned).
 
 Both cases store the shapes under the same state-dict key, `log_wh` [S, 2] (relative to the input),
 so a checkpoint of a learned-prior run loads into a fixed-prior model and vice versa.
@@ -18,26 +19,30 @@ from torchvision.ops import box_iou
 from ssd.boxes import cxcywh_to_xyxy, xyxy_to_cxcywh
 from ssd.losses import LossOutput, MultiBoxLoss
 from ssd.priors.coder import encode
-from ssd.priors.generator import PriorLayout, assemble_priors
+from ssd.priors.generator import PriorLayout, assemble_priors, shape_entry
 from ssd.structures import HeadOutputs, Targets
 
 if TYPE_CHECKING:
     from ssd.config import Config
 
 
-def break_ties(log_wh: Tensor, num_shapes: tuple[int, ...], spread: float = 0.02) -> Tensor:
+def break_ties(
+    log_wh: Tensor, num_shapes: tuple[int, ...], spread: float = 0.02, offsets: Tensor | None = None
+) -> Tensor:
     """Make identical shapes of one level distinct before learning them.
 
     Identical priors at the same positions receive identical assignments and gradients forever
     (matching ties always go to the first), so the k-th duplicate has its log aspect ratio moved by
-    +-k*spread/2 (area kept). Distinct shapes are left untouched.
+    +-k*spread/2 (area kept). Distinct shapes are left untouched, and so is a shape repeated at
+    another sub-cell offset (`offsets` [S, 2]): its priors sit elsewhere.
     """
     out = log_wh.clone()
+    off = torch.zeros(out.shape[0], 2, dtype=torch.float64) if offsets is None else offsets.double().cpu()
     start = 0
     for n in num_shapes:
-        seen: dict[tuple[float, float], int] = {}
+        seen: dict[tuple[float, ...], int] = {}
         for i in range(start, start + n):
-            key = (round(float(out[i, 0]), 6), round(float(out[i, 1]), 6))
+            key = (round(float(out[i, 0]), 6), round(float(out[i, 1]), 6), *off[i].tolist())
             k = seen.get(key, 0)
             seen[key] = k + 1
             if k:
@@ -55,6 +60,7 @@ class PriorBoxes(nn.Module):
     log_wh: Tensor
     _centers: Tensor
     _shape_index: Tensor
+    _offsets: Tensor
 
     def __init__(self, layout: PriorLayout, shapes_wh: Tensor, clip: bool = False, learnable: bool = False):
         super().__init__()
@@ -63,11 +69,14 @@ class PriorBoxes(nn.Module):
         self.learnable = learnable
         log_wh = shapes_wh.detach().float().log()
         if learnable:
-            self.log_wh = nn.Parameter(break_ties(log_wh, layout.num_shapes))
+            self.log_wh = nn.Parameter(break_ties(log_wh, layout.num_shapes, offsets=layout.shape_offsets))
         else:
             self.register_buffer("log_wh", log_wh)
         self.register_buffer("_centers", layout.centers.clone(), persistent=False)
         self.register_buffer("_shape_index", layout.shape_index.clone(), persistent=False)
+        # [S, 2] per-shape centre offsets (dx, dy), units of the level's step: fixed, derived from
+        # the config like the centres (not in the state dict, so checkpoints are unchanged)
+        self.register_buffer("_offsets", layout.shape_offsets.clone(), persistent=False)
 
     @property
     def shapes_wh(self) -> Tensor:
@@ -75,12 +84,22 @@ class PriorBoxes(nn.Module):
         return self.log_wh.exp()
 
     def level_shapes_px(self) -> list[list[tuple[float, float]]]:
-        """Current shapes per level in input pixels (what a shape-form config holds)."""
+        """Current shapes (w, h) per level in input pixels (offsets: `level_entries_px`)."""
         wh = (self.shapes_wh.detach().cpu().double() * self.layout.image_size).tolist()
         out, start = [], 0
         for n in self.layout.num_shapes:
             out.append([(float(w), float(h)) for w, h in wh[start : start + n]])
             start += n
+        return out
+
+    def level_entries_px(self) -> list[list[tuple[float, ...]]]:
+        """What a shape-form config holds: per level `(w, h)` (input pixels) or, for a shape with
+        a sub-cell offset, `(w, h, dx, dy)`."""
+        offsets = self._offsets.detach().cpu().double().tolist()
+        out, start = [], 0
+        for level in self.level_shapes_px():
+            out.append([shape_entry(wh, offsets[start + k]) for k, wh in enumerate(level)])
+            start += len(level)
         return out
 
     def forward(self) -> Tensor:
@@ -190,9 +209,7 @@ class PriorAids:
         gt_boxes = torch.cat([b.to(deltas.device, torch.float32) for b in targets.boxes])
         if gt_boxes.numel() == 0:
             return deltas.sum() * 0.0
-        img = torch.cat(
-            [torch.full((len(b),), i, device=deltas.device) for i, b in enumerate(targets.boxes)]
-        )
+        img = torch.cat([torch.full((len(b),), i, device=deltas.device) for i, b in enumerate(targets.boxes)])
         g = gt_boxes.shape[0]
         idx = self.cell_priors(xyxy_to_cxcywh(gt_boxes)[:, :2])  # [G, S]
         s = idx.shape[1]
@@ -244,17 +261,17 @@ class PriorAids:
 def export_learned_priors(model: nn.Module, cfg: Config, path: str | Path) -> Config:
     """Freeze the model's current prior shapes and write them as a shape-form config at `path`.
 
-    The written config has `priors.learnable: false`, the learned `priors.shapes` and an explicit
-    `model.wh_batchnorm`, so it builds the same network with ordinary fixed priors. The model's
-    shapes are re-derived from the written numbers, so `generate_priors(exported.priors)` equals
-    `model.priors()` exactly.
+    The written config has `priors.learnable: false`, the learned `priors.shapes` (with their
+    fixed sub-cell offsets, if any) and an explicit `model.wh_batchnorm`, so it builds the same
+    network with ordinary fixed priors. The model's shapes are re-derived from the written
+    numbers, so `generate_priors(exported.priors)` equals `model.priors()` exactly.
     """
     from ssd.config import load_config, replace, save_config
     from ssd.modeling.build import build_prior_boxes, uses_wh_batchnorm
 
     priors = model.priors
     assert isinstance(priors, PriorBoxes)
-    shapes = tuple(tuple((w, h) for w, h in level) for level in priors.level_shapes_px())
+    shapes = tuple(tuple(level) for level in priors.level_entries_px())
     exported = replace(
         cfg,
         **{

@@ -37,13 +37,14 @@ def py_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
 
 
 def brute_force(grid: PriorGrid, boxes_rel: np.ndarray, t: float) -> tuple[list[float], list[int]]:
-    """Best IoU and number of priors at IoU >= t per box: a loop over every prior of every cell."""
+    """Best IoU and number of priors at IoU >= t per box: a loop over every prior of every cell
+    (centre ((j + 0.5 + dx) step, (i + 0.5 + dy) step) for a shape with offset (dx, dy))."""
     s = grid.image_size
     priors = []
-    for shapes, f, step in zip(grid.shapes, grid.feature_maps, grid.steps):
+    for shapes, offsets, f, step in zip(grid.shapes, grid.offsets, grid.feature_maps, grid.steps):
         for i, j in itertools.product(range(f), range(f)):
-            cx, cy = (j + 0.5) * step, (i + 0.5) * step
-            for w, h in shapes:
+            for (w, h), (dx, dy) in zip(shapes, offsets):
+                cx, cy = (j + 0.5 + dx) * step, (i + 0.5 + dy) * step
                 x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
                 if grid.clip:
                     x1, y1, x2, y2 = (min(max(v, 0.0), s) for v in (x1, y1, x2, y2))
@@ -103,6 +104,75 @@ def test_grid_stats_match_brute_force(threshold: float) -> None:
     chunked = grid_stats(grid, rel, threshold, chunk=7)
     np.testing.assert_array_equal(chunked.num_above, stats.num_above)
     np.testing.assert_array_equal(chunked.best_iou, stats.best_iou)
+
+
+def offset_grid(clip: bool = False) -> PriorGrid:
+    """`small_grid` plus shapes at sub-cell offsets (a 2 x 2 sub-grid of a tiny shape, a y pair
+    of a band, an asymmetric offset on the single-cell level)."""
+    g = small_grid()
+    return PriorGrid(
+        shapes=(
+            (*g.shapes[0], (5.0, 5.0), (5.0, 5.0), (5.0, 5.0), (5.0, 5.0)),
+            (*g.shapes[1], (64.0, 6.0), (64.0, 6.0)),
+            (*g.shapes[2], (30.0, 20.0)),
+        ),
+        feature_maps=g.feature_maps,
+        steps=g.steps,
+        image_size=g.image_size,
+        clip=clip,
+        offsets=(
+            ((0.0, 0.0),) * 3 + ((-0.25, -0.25), (0.25, -0.25), (-0.25, 0.25), (0.25, 0.25)),
+            ((0.0, 0.0),) * 2 + ((0.0, -0.25), (0.0, 0.25)),
+            ((0.0, 0.0), (0.3, -0.45)),
+        ),
+    )
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.5])
+def test_grid_stats_with_offsets_match_brute_force(threshold: float) -> None:
+    grid = offset_grid()
+    assert grid.has_offsets and grid.num_priors == 8 * 8 * 7 + 4 * 4 * 4 + 2
+    rel = random_boxes(60, seed=11)
+    tiny = np.random.default_rng(12).uniform(0, 60, (40, 2))  # 3-6 px boxes: the sub-grid's job
+    tiny_wh = np.random.default_rng(13).uniform(3, 6, (40, 2))
+    rel = np.concatenate([rel, np.concatenate([tiny, tiny + tiny_wh], 1) / 64, [[0.0, 0.3, 1.0, 0.4]]])
+    ref_best, ref_count = brute_force(grid, rel, threshold)
+    stats = grid_stats(grid, rel, threshold)
+    np.testing.assert_allclose(stats.best_iou, ref_best, atol=1e-9)
+    np.testing.assert_array_equal(stats.num_above, ref_count)
+    # the generator's priors (dense path) are the same priors
+    dense = dense_grid_stats(grid.priors(), grid.layout(), rel, threshold)
+    np.testing.assert_allclose(dense.best_iou, ref_best, atol=1e-5)
+    np.testing.assert_array_equal(dense.num_above, ref_count)
+    # the offsets matter: without them the tiny boxes fare worse
+    plain = PriorGrid(grid.shapes, grid.feature_maps, grid.steps, grid.image_size)
+    assert not plain.has_offsets
+    assert grid_stats(plain, rel, threshold).best_iou[60:100].mean() < stats.best_iou[60:100].mean()
+    # clipped offset priors agree with the brute force through the dense path
+    clipped = offset_grid(clip=True)
+    rep = fit_report(clipped, boxset(rel), ["a"], iou_threshold=threshold)
+    ref_clip, _ = brute_force(clipped, rel, threshold)
+    assert rep["mean_iou_grid"] == pytest.approx(float(np.mean(ref_clip)), abs=1e-5)
+
+
+def test_grid_with_offsets_is_the_generator() -> None:
+    grid = offset_grid()
+    cfg = PriorsConfig(
+        image_size=64, feature_maps=(8, 4, 1), steps=(8, 16, 64), shapes=tuple(map(tuple, grid.entries()))
+    )
+    assert cfg.shapes is not None and cfg.shapes[1][3] == (64.0, 6.0, 0.0, 0.25)
+    assert PriorGrid.from_config(cfg) == grid
+    torch.testing.assert_close(grid.priors(), generate_priors(cfg), rtol=0, atol=1e-7)
+    again = PriorGrid.from_layout(layout_from_config(cfg), flat_shapes(shapes_per_level(cfg), 64))
+    assert again.offsets == grid.offsets
+    assert fit_report(grid, boxset(random_boxes(5, seed=1)), ["a"])["grid"]["shapes"][2][1] == [
+        30.0,
+        20.0,
+        0.3,
+        -0.45,
+    ]
+    with pytest.raises(ValueError, match="offsets"):
+        PriorGrid(grid.shapes, grid.feature_maps, grid.steps, 64, offsets=(((0.0, 0.5),) * 7, (), ()))
 
 
 def test_clipped_priors_take_the_dense_path() -> None:

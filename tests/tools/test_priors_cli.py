@@ -245,3 +245,33 @@ def test_voc_annotations_and_difficult_flags(tmp_path: Path, capsys: pytest.Capt
     rep = run(capsys, ["fit", *base])
     assert rep["num_gt"] == 3 and set(rep["per_class"]) == {"crack", "dent"}
     assert rep["per_class"]["dent"]["num_gt"] == 1
+
+
+def test_optimize_subgrid_options(dataset: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["optimize", "--config", str(dataset["cfg"]), "--sample-size", "400", "--restarts", "1"]
+    res = run(
+        capsys,
+        [
+            *base,
+            "--out",
+            str(dataset["tmp"] / "sg.yaml"),
+            "--subgrids",
+            "2x2,1x4",
+            "--jitter-scale",
+            "0",
+            "--iou-weight",
+            "0.5",
+            "--max-shapes-per-level",
+            "8",
+        ],
+    )
+    info = res["info"]
+    assert info["subgrids"] == [[2, 2], [1, 4]] and info["iou_weight"] == 0.5
+    assert all(len(level) <= 8 for level in res["shapes"]) and res["num_priors"] <= 24564
+    assert all(len(e) in (2, 4) for level in res["shapes"] for e in level)
+    off = run(capsys, [*base, "--out", str(dataset["tmp"] / "nosg.yaml"), "--subgrids", "none"])
+    assert off["info"]["subgrids"] == [] and all(len(e) == 2 for level in off["shapes"] for e in level)
+    with pytest.raises(SystemExit) as exit_info:
+        main([*base, "--out", str(dataset["tmp"] / "bad.yaml"), "--subgrids", "2by2"])
+    assert exit_info.value.code == 2
+    assert "NXxNY" in capsys.readouterr().err
