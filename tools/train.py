@@ -1,8 +1,16 @@
-"""Train SSD512: `tools/train.py --config CFG [--set k=v ...] --output-dir DIR [--resume]`."""
+"""Train SSD512: `tools/train.py --config CFG [--set k=v ...] --output-dir DIR [--resume]`.
+
+Data-parallel on N GPUs of one machine (one process per GPU):
+`torchrun --standalone --nproc_per_node N tools/train.py --device cuda --config CFG ...`.
+`train.batch_size` is per process (global batch = batch_size x N) and `train.lr` is the rate of
+the global batch: scale it with N (linear scaling rule, with warm-up). Rank 0 alone shows the
+progress bar, writes the run folder and prints the summary.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from tqdm import tqdm
@@ -11,10 +19,14 @@ from tools.common import USAGE_ERRORS, add_config_args, config_from_args, fail, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_config_args(parser, required=False)
     parser.add_argument("--output-dir", default="runs/train", help="run folder (checkpoints, logs)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--device", default="cpu", help="cpu, cuda, cuda:1, ... (under torchrun: cuda means cuda:LOCAL_RANK)"
+    )
     parser.add_argument(
         "--resume", nargs="?", const=True, default=False,
         help="continue from OUTPUT_DIR/last.pt (or the given checkpoint)",
@@ -22,15 +34,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    setup_logging()
 
+    from ssd.engine.distributed import env_world
     from ssd.engine.train import TrainingError, TrainingInterrupted, train
+
+    try:
+        rank, world_size, _ = env_world()
+    except ValueError as exc:
+        return fail(str(exc))
+    main_process = rank == 0
+    setup_logging()
+    if not main_process:  # one voice: other ranks report warnings and errors only
+        logging.getLogger().setLevel(logging.WARNING)
 
     try:
         cfg = config_from_args(args)
     except USAGE_ERRORS as exc:
         return fail(str(exc))
-    bar = tqdm(total=cfg.train.max_iters, disable=args.quiet, file=sys.stderr, desc="train")
+    bar = tqdm(
+        total=cfg.train.max_iters, disable=args.quiet or not main_process, file=sys.stderr, desc="train"
+    )
 
     def progress(it: int, scalars: dict[str, float]) -> None:
         bar.n = it
@@ -41,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         result = train(cfg, args.output_dir, device=args.device, resume=args.resume, progress=progress)
     except TrainingInterrupted as exc:
         bar.close()
-        print(f"{exc}; continue with --resume", file=sys.stderr)
+        if main_process:
+            print(f"{exc}; continue with --resume", file=sys.stderr)
         return 130
     except TrainingError as exc:
         bar.close()
@@ -50,9 +74,14 @@ def main(argv: list[str] | None = None) -> int:
         bar.close()
         return fail(str(exc))
     bar.close()
+    if not main_process:
+        return 0
     summary = {
         "output_dir": str(result.output_dir),
         "iteration": result.iteration,
+        "world_size": world_size,
+        "batch_per_process": cfg.train.batch_size,
+        "global_batch": cfg.train.batch_size * world_size,
         "last_checkpoint": str(result.last_checkpoint),
         "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
         "best_map": result.best_map,

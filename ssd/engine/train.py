@@ -4,6 +4,13 @@ Everything a run needs to continue exactly is in its checkpoint: model, optimize
 scaler, iteration, RNG states and the resolved config. The data order and augmentation of
 iteration i depend only on (seed, i) (see `ssd.data.loader.TrainBatchSampler`), so a resumed run
 sees the same batches as an uninterrupted one.
+
+Data-parallel (torchrun, one process per device; see `ssd.engine.distributed`): every process
+runs `train`; `train.batch_size` is per process and the global batch is `batch_size *
+world_size`. The loss is normalised by the global counts (`_global_loss`), so the averaged
+gradient equals the single-process gradient of the global batch. Rank 0 alone writes
+config.yaml, checkpoints, TensorBoard and metrics.jsonl and runs evaluation; the skip and stop
+decisions are all-reduced, so the processes never diverge.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -26,11 +34,12 @@ from torch import nn
 from ssd.config import Config, config_from_dict, config_to_dict, save_config
 from ssd.data.loader import build_train_loader
 from ssd.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ssd.engine.distributed import DistContext, setup_distributed
 from ssd.losses import LossOutput, MultiBoxLoss
 from ssd.modeling.build import build_model
 from ssd.modeling.ssd import SSD
 from ssd.priors.learnable import PriorAids, export_learned_priors
-from ssd.structures import Batch
+from ssd.structures import Batch, Targets
 
 log = logging.getLogger(__name__)
 
@@ -174,11 +183,35 @@ def train(
     checkpoint's config must equal `cfg` except for `train.max_iters`. `evaluate_fn(model, cfg,
     device)` returns metrics with "mAP" (defaults to `ssd.engine.evaluate.evaluate_model` on the
     val split). `progress(iteration, scalars)` is called every step (the CLI's tqdm bar).
+
+    Under torchrun (or with a default process group already initialised) this trains data
+    parallel; every process calls `train` with the same arguments and gets the same iteration,
+    history (all-reduced losses), best mAP and final metrics. On CUDA each process uses
+    `cuda:LOCAL_RANK`.
     """
-    out = Path(output_dir)
+    ctx = setup_distributed(device)
+    try:
+        return _train(cfg, Path(output_dir), ctx, resume, progress, evaluate_fn)
+    finally:
+        ctx.close()
+
+
+def _train(
+    cfg: Config,
+    out: Path,
+    ctx: DistContext,
+    resume: bool | str | Path,
+    progress: ProgressFn | None,
+    evaluate_fn: Callable[[SSD, Config, torch.device], dict[str, Any]] | None,
+) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
-    dev = torch.device(device)
+    dev = ctx.device
     torch.manual_seed(cfg.seed)  # model initialisation; data randomness has its own generators
+    if ctx.distributed:
+        log.info(
+            "data-parallel: rank %d of %d on %s, %d images per process, global batch %d",
+            ctx.rank, ctx.world_size, dev, cfg.train.batch_size, cfg.train.batch_size * ctx.world_size,
+        )  # fmt: skip
 
     model = build_model(cfg).to(dev)
     if cfg.train.channels_last and dev.type == "cuda":
@@ -195,10 +228,10 @@ def train(
     skipped_total = 0
     last_path = out / "last.pt"
     best_path = out / "best.pt"
-    if resume:
+    if resume:  # every process loads the same checkpoint
         ckpt_path = last_path if resume is True else Path(resume)
         state = load_checkpoint(ckpt_path, map_location=dev)
-        _check_resume_config(state, cfg, ckpt_path)
+        _check_resume_config(state, cfg, ckpt_path, ctx.world_size)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
@@ -208,14 +241,19 @@ def train(
         best_map = state.get("best_map")
         skipped_total = int(state.get("skipped_steps", 0))
         log.info("resumed from %s at iteration %d", ckpt_path, start)
-    else:
+    elif ctx.is_main:
         save_config(cfg, out / "config.yaml")
+    # What the step calls: `model` itself, or DistributedDataParallel(model) (gradient averaging).
+    # `model` stays the plain SSD for priors(), checkpoints, evaluation and prior export.
+    net = ctx.wrap(model, sync_bn=cfg.train.sync_bn)
 
-    writer = _summary_writer(out / "tb")
-    metrics_file = (out / "metrics.jsonl").open("a", encoding="utf-8")
+    writer = _summary_writer(out / "tb") if ctx.is_main else _NullWriter()
+    metrics_file = (out / "metrics.jsonl" if ctx.is_main else Path(os.devnull)).open("a", encoding="utf-8")
     history: list[dict[str, float]] = []
 
     def checkpoint(it: int, path: Path) -> Path:
+        if not ctx.is_main:  # one writer
+            return path
         return save_checkpoint(
             {
                 "model": model.state_dict(),
@@ -226,6 +264,7 @@ def train(
                 "config": config_to_dict(cfg),
                 "best_map": best_map,
                 "skipped_steps": skipped_total,
+                "world_size": ctx.world_size,
             },
             path,
         )
@@ -239,15 +278,20 @@ def train(
     final_metrics: dict[str, Any] | None = None
     it = start
     bad_in_row = 0
-    loader = build_train_loader(cfg, start_iteration=start) if start < cfg.train.max_iters else None
+    with ctx.main_first():  # rank 0 may generate the synthetic dataset; the others then read it
+        loader = (
+            build_train_loader(cfg, start, ctx.rank, ctx.world_size) if start < cfg.train.max_iters else None
+        )
     batches: Iterator[Batch] = iter(loader) if loader is not None else iter(())
     t_last = time.perf_counter()
     try:
         with _SignalGuard() as guard:
             while it < cfg.train.max_iters:
-                if guard.received is not None:
+                if ctx.any_rank(guard.received is not None):  # all processes stop at the same step
                     path = checkpoint(it, last_path)
-                    log.warning("signal %d: checkpoint written at iteration %d", guard.received, it)
+                    ctx.barrier()  # the checkpoint exists before anyone reports it
+                    by = guard.received if guard.received is not None else "(another process)"
+                    log.warning("signal %s: checkpoint written at iteration %d", by, it)
                     raise TrainingInterrupted(path, it)
                 batch = next(batches)
                 model.train()
@@ -257,20 +301,28 @@ def train(
                     images = images.contiguous(memory_format=torch.channels_last)
                 targets = batch.targets.to(dev)
                 with _autocast(cfg, dev):
-                    outputs = model(images)
+                    outputs = net(images)
                 priors = model.priors()
                 if aids is not None:
                     result, extra = aids.loss(criterion, outputs, targets, priors, it)
                 else:
                     result, extra = criterion(outputs, targets, priors), {}
-                loss = result.total + sum(extra.values(), torch.zeros((), device=dev))
-                if not torch.isfinite(loss):
+                if not ctx.distributed:
+                    loss = result.total + sum(extra.values(), torch.zeros((), device=dev))
+                    finite = bool(torch.isfinite(loss))
+                    scalars = _scalars(result, extra, lr)
+                else:  # this process holds a slice of the global batch: normalise by global counts
+                    soft_loc = aids is not None and aids.temperature(it) > 0
+                    loss, scalars, finite = _global_loss(
+                        result, extra, targets, priors, soft_loc, cfg.loss.loc_weight, lr, ctx
+                    )
+                if not finite:  # the same decision on every process
                     bad_in_row += 1
                     skipped_total += 1
                     optimizer.zero_grad(set_to_none=True)
                     log.warning(
                         "iteration %d: non-finite loss (%s); step skipped (%d in a row, %d in all)",
-                        it, float(loss.detach()), bad_in_row, skipped_total,
+                        it, scalars["loss"], bad_in_row, skipped_total,
                     )  # fmt: skip
                     writer.add_scalar("train/skipped_steps", skipped_total, it)
                     if bad_in_row >= cfg.train.max_bad_steps:
@@ -283,7 +335,7 @@ def train(
                     continue
                 bad_in_row = 0
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
+                scaler.scale(loss).backward()  # DDP: gradients averaged over processes here
                 if cfg.train.grad_clip is not None:
                     scaler.unscale_(optimizer)
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
@@ -291,7 +343,6 @@ def train(
                 scaler.update()
                 it += 1
 
-                scalars = _scalars(result, extra, lr)
                 history.append({"iteration": it, **scalars})
                 if progress is not None:
                     progress(it, scalars)
@@ -307,18 +358,20 @@ def train(
                     metrics_file.flush()
                 do_eval = it % cfg.train.eval_every == 0 or it == cfg.train.max_iters
                 if do_eval:
-                    final_metrics = evaluate_fn(model, cfg, dev)
-                    m = float(final_metrics["mAP"])
-                    writer.add_scalar("eval/mAP", m, it)
-                    for name, ap in final_metrics.get("per_class_ap", {}).items():
-                        if ap is not None and ap == ap:  # None/NaN: no ground truth
-                            writer.add_scalar(f"eval/AP/{name}", ap, it)
-                    metrics_file.write(json.dumps({"iteration": it, "eval": final_metrics}) + "\n")
-                    metrics_file.flush()
-                    log.info("iteration %d: mAP %.4f", it, m)
-                    if best_map is None or m > best_map:
-                        best_map = m
-                        checkpoint(it, best_path)
+                    if ctx.is_main:
+                        final_metrics = evaluate_fn(model, cfg, dev)
+                        m = float(final_metrics["mAP"])
+                        writer.add_scalar("eval/mAP", m, it)
+                        for name, ap in final_metrics.get("per_class_ap", {}).items():
+                            if ap is not None and ap == ap:  # None/NaN: no ground truth
+                                writer.add_scalar(f"eval/AP/{name}", ap, it)
+                        metrics_file.write(json.dumps({"iteration": it, "eval": final_metrics}) + "\n")
+                        metrics_file.flush()
+                        log.info("iteration %d: mAP %.4f", it, m)
+                        if best_map is None or m > best_map:
+                            best_map = m
+                            checkpoint(it, best_path)
+                    best_map, final_metrics = ctx.broadcast((best_map, final_metrics))  # others wait
                 if it % cfg.train.checkpoint_every == 0 or it == cfg.train.max_iters or do_eval:
                     checkpoint(it, last_path)
     finally:
@@ -327,11 +380,13 @@ def train(
     learned_config = None
     if cfg.priors.learnable:
         learned_config = out / "learned_priors.yaml"
-        export_learned_priors(model, cfg, learned_config)
-        checkpoint(it, last_path)
-        log.info("learned priors frozen and written to %s", learned_config)
+        if ctx.is_main:
+            export_learned_priors(model, cfg, learned_config)
+            checkpoint(it, last_path)
+            log.info("learned priors frozen and written to %s", learned_config)
     elif not last_path.exists():  # resumed at max_iters: nothing ran
         checkpoint(it, last_path)
+    ctx.barrier()  # rank 0's files are complete before any process returns
     return TrainResult(
         output_dir=out,
         iteration=it,
@@ -343,6 +398,64 @@ def train(
         history=history,
         learned_config=learned_config,
     )
+
+
+def _global_loss(
+    result: LossOutput,
+    extra: dict[str, torch.Tensor],
+    targets: Targets,
+    priors: torch.Tensor,
+    soft_loc: bool,
+    loc_weight: float,
+    lr: float,
+    ctx: DistContext,
+) -> tuple[torch.Tensor, dict[str, float], bool]:
+    """Data-parallel loss: (the loss to back-propagate on this process, the global batch's loss
+    terms for logging, whether the global loss is finite).
+
+    The MultiBox loss divides by the number of positives N of its batch (so does the online-
+    clustering term, a mean over positives; the soft-assignment localisation term of the learnable-
+    prior warm-up divides by the number of ground-truth boxes G instead). A process sees only its
+    slice, so each term is un-normalised here (S_r = term * max(n_r, 1)), the S_r and counts are
+    summed over the W processes in one all-reduce, and the process back-propagates
+    W * S_r / max(N, 1): DDP averages gradients over W, which gives the gradient of
+    sum_r S_r / max(N, 1), the single-process loss of the global batch. The non-finite count
+    travels in the same all-reduce, so every process takes the same skip decision.
+    """
+    dev = result.total.device
+    unknown = set(extra) - {"cluster"}
+    if unknown:
+        raise NotImplementedError(f"data-parallel normalisation of loss terms {sorted(unknown)}")
+    zero = torch.zeros((), device=dev)
+    n_pos = result.num_pos.float()
+    n_gt = torch.tensor(float(sum(len(b) for b in targets.boxes)), device=dev)
+    loc_count = n_gt if soft_loc else n_pos
+    s_loc = result.loc * loc_count.clamp_min(1)
+    s_cls = result.cls * n_pos.clamp_min(1)
+    s_cluster = extra["cluster"] * n_pos if "cluster" in extra else zero
+    local = result.total + sum(extra.values(), zero)
+    bad = (~torch.isfinite(local)).float()
+    has_cluster = torch.tensor(float("cluster" in extra), device=dev)
+    stats = torch.stack([s_loc, s_cls, s_cluster, n_pos, loc_count, bad, has_cluster]).detach().float()
+    g_loc, g_cls, g_cluster, g_pos, g_loc_count, g_bad, g_has_cluster = ctx.all_reduce_sum(stats).tolist()
+    pos_norm, loc_norm = max(g_pos, 1.0), max(g_loc_count, 1.0)
+    loss = ctx.world_size * (loc_weight * s_loc / loc_norm + s_cls / pos_norm + s_cluster / pos_norm)
+    if priors.requires_grad:
+        # DDP's reducer waits for a gradient of every parameter; a process whose slice has no
+        # ground truth would give the learnable shapes none (a zero-valued term keeps them in).
+        loss = loss + priors.sum() * 0.0
+    scalars = {
+        "loss": loc_weight * g_loc / loc_norm + g_cls / pos_norm + g_cluster / pos_norm,
+        "loss_loc": g_loc / loc_norm,
+        "loss_cls": g_cls / pos_norm,
+        "num_pos": g_pos,
+        "lr": lr,
+    }
+    if g_has_cluster:
+        scalars["loss_cluster"] = g_cluster / pos_norm
+    if g_bad:  # some process's loss is not finite (its terms may look finite)
+        scalars["loss"] = float("nan")
+    return loss, scalars, g_bad == 0 and math.isfinite(scalars["loss"])
 
 
 def _scalars(result: LossOutput, extra: dict[str, torch.Tensor], lr: float) -> dict[str, float]:
@@ -358,9 +471,16 @@ def _scalars(result: LossOutput, extra: dict[str, torch.Tensor], lr: float) -> d
     return s
 
 
-def _check_resume_config(state: dict[str, Any], cfg: Config, path: Path) -> None:
+def _check_resume_config(state: dict[str, Any], cfg: Config, path: Path, world_size: int = 1) -> None:
     if "config" not in state or "optimizer" not in state or "iteration" not in state:
         raise CheckpointError(f"{path}: not a training checkpoint (no optimizer/iteration/config)")
+    saved_world = int(state.get("world_size", 1))
+    if saved_world != world_size:
+        # the global batch (train.batch_size x processes) and hence the data stream would change
+        raise CheckpointError(
+            f"{path}: the run was trained with {saved_world} process(es), this one has {world_size}; "
+            "resume with the same number of processes (the global batch is train.batch_size x processes)"
+        )
     saved = config_from_dict(state["config"])
     a, b = config_to_dict(saved), config_to_dict(cfg)
     a["train"].pop("max_iters")
@@ -400,4 +520,3 @@ def _summary_writer(path: Path) -> Any:
         log.warning("tensorboard not installed: no TensorBoard logs")
         return _NullWriter()
     return SummaryWriter(str(path))
-
