@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.colors import LogNorm
 
 from ssd.priors.fit import BoxSet
 
@@ -142,9 +143,9 @@ def plot_prior_shapes(
     hi = np.log2(boxes.image_size * 2.0)
     for ax, (name, levels) in zip(axes[0], prior_shapes.items()):
         if len(wh):
-            # bins="log" colours by log10(count + 1); vmin=0 keeps single boxes visible
+            # log colour scale; vmin below 1 keeps a single box visible (a LogNorm needs vmin > 0)
             ax.hexbin(np.log2(wh[:, 0]), np.log2(wh[:, 1]), gridsize=40, cmap="Blues", mincnt=1,
-                      bins="log", vmin=0.0)  # fmt: skip
+                      norm=LogNorm(vmin=0.4))  # fmt: skip
         cmap = plt.get_cmap("viridis", max(len(levels), 2))
         for level, shapes in enumerate(levels):
             if shapes:
