@@ -381,9 +381,11 @@ def _train(
     if cfg.priors.learnable:
         learned_config = out / "learned_priors.yaml"
         if ctx.is_main:
-            export_learned_priors(model, cfg, learned_config)
+            learned_cfg = export_learned_priors(model, cfg, learned_config)
             checkpoint(it, last_path)
             log.info("learned priors frozen and written to %s", learned_config)
+            plot = _plot_learned_shapes(cfg, learned_cfg, out / "learned_priors.png")
+            log.info("initial and learned prior shapes over the training boxes: %s", plot)
     elif not last_path.exists():  # resumed at max_iters: nothing ran
         checkpoint(it, last_path)
     ctx.barrier()  # rank 0's files are complete before any process returns
@@ -469,6 +471,24 @@ def _scalars(result: LossOutput, extra: dict[str, torch.Tensor], lr: float) -> d
     for k, v in extra.items():
         s[f"loss_{k}"] = float(v.detach())
     return s
+
+
+def _plot_learned_shapes(initial: Config, learned: Config, path: Path) -> Path:
+    """The initial and the learned prior shapes over the log w - log h density of the training
+    boxes (input pixels): where gradient descent moved the priors (Zhong et al., Fig. 1 style)."""
+    from ssd.data.loader import build_records
+    from ssd.priors.fit import PriorGrid, records_to_boxes
+    from ssd.priors.plots import plot_shape_density
+
+    size = initial.priors.image_size
+    boxes = records_to_boxes(build_records(initial, "train"), size)
+    shapes = {
+        "initial": PriorGrid.from_config(initial.priors).shapes,
+        "learned": PriorGrid.from_config(learned.priors).shapes,
+    }
+    return plot_shape_density(
+        boxes.wh_px, shapes, path, image_size=size, title="prior shapes before and after learning"
+    )
 
 
 def _check_resume_config(state: dict[str, Any], cfg: Config, path: Path, world_size: int = 1) -> None:

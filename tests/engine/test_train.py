@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+from PIL import Image
 
 import ssd
 from ssd.config import Config, config_from_dict
@@ -173,3 +174,5 @@ def test_learnable_run_exports_a_fixed_prior_config(tmp_path: Path) -> None:
     assert torch.equal(model.priors(), ssd.generate_priors(learned.priors))
     initial = ssd.generate_priors(tiny_cfg(tmp_path / "data").priors)
     assert not torch.equal(model.priors(), initial)  # the shapes moved
+    with Image.open(tmp_path / "run" / "learned_priors.png") as im:  # shapes over the GT density
+        assert im.width > 100 and im.height > 100
