@@ -10,6 +10,16 @@ from ssd.config import Config, replace
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The smallest input with the SSD512 layout of feature maps (64/32/16/8/4/2/1 at 512 -> 34/17/9/5/3/2/1):
+# the `priors` section of the tiny training configs.
+TINY_PRIORS = {
+    "image_size": 272,
+    "feature_maps": [34, 17, 9, 5, 3, 2, 1],
+    "steps": [8, 16, 30, 54, 91, 136, 272],
+    "min_sizes": [19, 41, 82, 122, 163, 204, 245],
+    "max_sizes": [41, 82, 122, 163, 204, 245, 286],
+}
+
 
 @pytest.fixture
 def small_cfg() -> Config:

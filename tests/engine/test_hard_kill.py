@@ -26,7 +26,7 @@ from ssd.config import load_config
 from ssd.data.labelme import TIANCHI_CLASSES
 from ssd.data.loader import ensure_synthetic
 from ssd.engine.checkpoint import load_checkpoint
-from tests.conftest import REPO
+from tests.conftest import REPO, TINY_PRIORS
 
 CHECKPOINT_EVERY = 2
 MAX_ITERS = 5
@@ -40,13 +40,7 @@ CONFIG = {
         "synthetic_val_fraction": 0.25,
     },
     "model": {"batch_norm": True, "width_mult": 0.125},
-    "priors": {  # the smallest input with the SSD512 layout of feature maps
-        "image_size": 272,
-        "feature_maps": [34, 17, 9, 5, 3, 2, 1],
-        "steps": [8, 16, 30, 54, 91, 136, 272],
-        "min_sizes": [19, 41, 82, 122, 163, 204, 245],
-        "max_sizes": [41, 82, 122, 163, 204, 245, 286],
-    },
+    "priors": TINY_PRIORS,
     "train": {
         "batch_size": 2,
         "max_iters": MAX_ITERS,

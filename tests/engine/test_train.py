@@ -13,12 +13,13 @@ from PIL import Image
 
 import ssd
 from ssd.config import Config, config_from_dict
+from ssd.data.labelme import TIANCHI_CLASSES
 from ssd.engine.checkpoint import CheckpointError, load_checkpoint
 from ssd.engine.train import TrainingError, TrainingInterrupted, lr_factor, train
 from ssd.losses import MultiBoxLoss
+from tests.conftest import TINY_PRIORS
 
-CLASSES = ["non_conductive", "scratch", "corner_bottom_leak", "orange_peel", "bottom_leak",
-           "jet", "paint_bubble", "pit", "variegated", "dirty_spot"]  # fmt: skip
+CLASSES = list(TIANCHI_CLASSES)
 
 
 def tiny_cfg(root: Path, **train: Any) -> Config:
@@ -35,13 +36,7 @@ def tiny_cfg(root: Path, **train: Any) -> Config:
                 "synthetic_val_fraction": 0.25,
             },
             "model": {"batch_norm": True, "width_mult": 0.125},
-            "priors": {
-                "image_size": 272,
-                "feature_maps": [34, 17, 9, 5, 3, 2, 1],
-                "steps": [8, 16, 30, 54, 91, 136, 272],
-                "min_sizes": [19, 41, 82, 122, 163, 204, 245],
-                "max_sizes": [41, 82, 122, 163, 204, 245, 286],
-            },
+            "priors": TINY_PRIORS,
             "train": {
                 "batch_size": 2,
                 "max_iters": 6,
