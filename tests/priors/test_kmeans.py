@@ -112,6 +112,30 @@ def test_restarts_never_worsen() -> None:
     assert len(set(np.round(singles, 9))) > 1  # the restarts do differ, so the check has teeth
 
 
+def test_dedup_matches_numpy_unique() -> None:
+    rng = np.random.default_rng(11)
+    wh = rng.integers(1, 6, (500, 2)).astype(np.float64)  # many repeats, ties in either column
+    uniq, counts, inverse = km._dedup(wh)
+    ref_u, ref_inv, ref_c = np.unique(wh, axis=0, return_inverse=True, return_counts=True)
+    np.testing.assert_array_equal(uniq, ref_u)
+    np.testing.assert_array_equal(counts, ref_c)
+    np.testing.assert_array_equal(inverse, ref_inv.reshape(-1))
+    np.testing.assert_array_equal(uniq[inverse], wh)  # the round trip
+
+
+def test_threaded_restarts_give_the_same_result() -> None:
+    rng = np.random.default_rng(12)
+    n = km._THREAD_MIN_POINTS + 5_000  # big enough to take the thread-pool path
+    wh = np.exp(rng.normal(np.log(50), 0.8, (n, 2)))
+    serial = iou_kmeans(wh, 5, restarts=4, seed=3, workers=1)
+    threaded = iou_kmeans(wh, 5, restarts=4, seed=3, workers=3)
+    assert threaded.restart_scores == serial.restart_scores
+    np.testing.assert_array_equal(threaded.centroids, serial.centroids)
+    np.testing.assert_array_equal(threaded.assignments, serial.assignments)
+    with pytest.raises(ValueError, match="workers"):
+        iou_kmeans(wh[:50], 2, workers=0)
+
+
 def test_deterministic_for_a_seed() -> None:
     wh, _ = blobs(noise=0.4, seed=4)
     for update in ("mean", "median"):
