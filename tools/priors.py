@@ -10,7 +10,7 @@ them). Boxes come from ``--annotations PATH --format voc|coco|labelme [--split F
         [--update mean|median] [--restarts 10] [--seed 0]
     python -m tools.priors sweep --config CFG --k-min 2 --k-max 16 --output-dir DIR
     python -m tools.priors optimize --config BASE --out NEW.yaml [--method paper|coverage]
-        [--max-priors N] [--subgrids 1x2,2x1,2x2,1x4,4x1|none] [--output-dir DIR]
+        [--max-priors N] [--subgrids auto|none|1x2,2x2,...] [--output-dir DIR]
 
 ``fit`` reports (labelled) shape IoU and grid IoU, recall@t (the matcher threshold), positives
 per ground truth, per class and size bucket, and the unmatched ground truth by shape; with
@@ -115,31 +115,38 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--max-priors", type=int, help="prior budget (default: the base config's count)")
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--restarts", type=int, default=10, help="k-means restarts")
-    o.add_argument("--sample-size", type=int, default=8000, help="coverage: boxes x jitter copies scored")
+    o.add_argument(
+        "--sample-size", type=int, help="coverage: boxes x jitter copies scored (default 32000)"
+    )
+    o.add_argument(
+        "--jitter", type=int, help="coverage: scored copies of every sampled box (default 16)"
+    )
     o.add_argument("--iou-weight", type=float, help="coverage: objective recall + w * mean IoU (default 0.2)")
     o.add_argument(
         "--max-shapes-per-level",
         type=int,
-        help="coverage: cap on the shapes (priors per cell) of a level, sub-grid copies counted (default 40)",
+        help="coverage: cap on the shapes (priors per cell) of a level, sub-grid copies counted (default 64)",
     )
     o.add_argument(
         "--subgrids",
         type=_parse_subgrids,
-        help="coverage: sub-grids NXxNY a shape may be put on, comma-separated, or 'none' "
-        "(default 1x2,2x1,2x2,1x4,4x1: a shape at 2 or 4 sub-cell offsets)",
+        help="coverage: sub-grids NXxNY a shape may be put on, comma-separated, 'none', or "
+        "'auto' (default: every power of two down to half the finest stride, within the cap)",
     )
     o.add_argument(
         "--jitter-scale",
         type=float,
-        help="coverage: sigma of the log size noise of the sample copies (default 0.2; 0 = off)",
+        help="coverage: sigma of the log size noise of the sample copies (default 0.3; 0 = off)",
     )
     return ap
 
 
-def _parse_subgrids(text: str) -> tuple[tuple[int, int], ...]:
-    """'1x2,2x2' -> ((1, 2), (2, 2)); 'none' -> ()."""
+def _parse_subgrids(text: str) -> str | tuple[tuple[int, int], ...]:
+    """'1x2,2x2' -> ((1, 2), (2, 2)); 'none' -> (); 'auto' -> 'auto'."""
     if text.strip().lower() in ("none", ""):
         return ()
+    if text.strip().lower() == "auto":
+        return "auto"
     out = []
     for item in text.split(","):
         try:
@@ -427,6 +434,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         "max_shapes_per_level": args.max_shapes_per_level,
         "subgrids": args.subgrids,
         "jitter_scale": args.jitter_scale,
+        "jitter": args.jitter,
+        "sample_size": args.sample_size,
     }
     res = optimize_priors(
         boxes,
@@ -436,7 +445,6 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         iou_threshold=cfg.matcher.iou_threshold,
         seed=args.seed,
         restarts=args.restarts,
-        sample_size=args.sample_size,
         **{k: v for k, v in optional.items() if v is not None},
     )
     source = _source(args.config, args, "train")

@@ -288,11 +288,26 @@ def lattice_best_iou(
     Exact: IoU = ox * oy / (A + B - ox * oy) with ox depending on the column only and oy on the
     row only, both largest at the lattice point nearest to the box centre.
     """
+    return lattice_best_iou_xy(boxes_px, shapes, (feature_map, step), (feature_map, step), offsets)
+
+
+def lattice_best_iou_xy(
+    boxes_px: np.ndarray,
+    shapes: np.ndarray,
+    x_lattice: tuple[int, float],
+    y_lattice: tuple[int, float],
+    offsets: np.ndarray | None = None,
+) -> np.ndarray:
+    """`lattice_best_iou` on a lattice with its own (points, step) along each axis: columns at
+    (j + 0.5 + dx) step_x, 0 <= j < n_x, rows at (i + 0.5 + dy) step_y, 0 <= i < n_y. A shape on
+    the (nx, ny) sub-grid of a level (f cells of `step`) is the lattice ((nx f, step / nx),
+    (ny f, step / ny)): one evaluation instead of nx * ny."""
     b = np.asarray(boxes_px, dtype=np.float64)
     s = np.asarray(shapes, dtype=np.float64).reshape(-1, 2)
     o = np.zeros_like(s) if offsets is None else np.asarray(offsets, dtype=np.float64).reshape(-1, 2)
-    ox = _overlap_nearest(b[:, 0], b[:, 2], step, feature_map, s[:, 0], o[:, 0])
-    oy = _overlap_nearest(b[:, 1], b[:, 3], step, feature_map, s[:, 1], o[:, 1])
+    (fx, sx), (fy, sy) = x_lattice, y_lattice
+    ox = _overlap_nearest(b[:, 0], b[:, 2], float(sx), int(fx), s[:, 0], o[:, 0])
+    oy = _overlap_nearest(b[:, 1], b[:, 3], float(sy), int(fy), s[:, 1], o[:, 1])
     inter = ox * oy
     area_g = ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))[:, None]
     union = area_g + (s[:, 0] * s[:, 1])[None, :] - inter
