@@ -155,6 +155,7 @@ class TrainConfig:
     batch_size: int = 32
     max_iters: int = 120000
     lr: float = 1e-3
+    optimizer: Literal["sgd", "adamw"] = "sgd"
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_iters: int = 500

@@ -10,7 +10,7 @@ them). Boxes come from ``--annotations PATH --format voc|coco|labelme [--split F
         [--update mean|median] [--restarts 10] [--seed 0]
     python -m tools.priors sweep --config CFG --k-min 2 --k-max 16 --output-dir DIR
     python -m tools.priors optimize --config BASE --out NEW.yaml [--method paper|coverage]
-        [--max-priors N] [--subgrids auto|none|1x2,2x2,...] [--output-dir DIR]
+        [--max-priors N] [--subgrids none|auto|1x2,2x2,...] [--output-dir DIR]
 
 ``fit`` reports (labelled) shape IoU and grid IoU, recall@t (the matcher threshold), positives
 per ground truth, per class and size bucket, and the unmatched ground truth by shape; with
@@ -130,8 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument(
         "--subgrids",
         type=_parse_subgrids,
-        help="coverage: sub-grids NXxNY a shape may be put on, comma-separated, 'none', or "
-        "'auto' (default: every power of two down to half the finest stride, within the cap)",
+        help="coverage: sub-grids NXxNY a shape may be put on, comma-separated, 'none' (default), "
+        "or 'auto' (every power of two down to half the finest stride, within the cap): more "
+        "grid recall, but slower to train",
     )
     o.add_argument(
         "--jitter-scale",

@@ -164,27 +164,14 @@ def parse_labelme_json(
     except DatasetError as exc:
         exc.image_id = image_id
         raise
-    boxes, labels, difficult = [], [], []
+    parsed = []
     for k, shape in enumerate(shapes):
         try:
-            box, label, diff = _parse_shape(shape, k, json_path, class_to_label)
+            parsed.append(_parse_shape(shape, k, json_path, class_to_label))
         except DatasetError as exc:
             exc.image_id = image_id
             _report(problems, exc)
-            continue
-        boxes.append(box)
-        labels.append(label)
-        difficult.append(diff)
-    return Record(
-        image_path=image_path,
-        image_id=image_id,
-        width=width,
-        height=height,
-        boxes_px=np.asarray(boxes, np.float32).reshape(-1, 4),
-        labels=np.asarray(labels, np.int64).reshape(-1),
-        difficult=np.asarray(difficult, bool).reshape(-1),
-        annotation_path=json_path,
-    )
+    return Record.from_parsed(image_path, image_id, width, height, parsed, annotation_path=json_path)
 
 
 def _parse_shape(

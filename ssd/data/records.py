@@ -6,6 +6,7 @@ on top of them, and the prior toolkit reads records alone (fast: no image is ope
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,31 @@ class Record:
     @property
     def num_boxes(self) -> int:
         return int(self.boxes_px.shape[0])
+
+    @classmethod
+    def from_parsed(
+        cls,
+        image_path: Path,
+        image_id: str,
+        width: int,
+        height: int,
+        parsed: Sequence[tuple[Sequence[float], int, bool]],
+        *,
+        annotation_path: Path | None = None,
+        depth: int | None = None,
+    ) -> Record:
+        """A record from the (xyxy box, label, difficult) triples an annotation reader parsed."""
+        return cls(
+            image_path=image_path,
+            image_id=image_id,
+            width=width,
+            height=height,
+            boxes_px=np.asarray([p[0] for p in parsed], np.float32).reshape(-1, 4),
+            labels=np.asarray([p[1] for p in parsed], np.int64).reshape(-1),
+            difficult=np.asarray([p[2] for p in parsed], bool).reshape(-1),
+            annotation_path=annotation_path,
+            depth=depth,
+        )
 
 
 # Largest coordinate a box may have: records hold float32, beyond this a value becomes inf.

@@ -200,26 +200,14 @@ def parse_voc_xml(
     width, height = size
     if problems is not None:
         _note_filename(root_el, xml_path, image_path, image_id, problems)
-    boxes, labels, difficult = [], [], []
+    parsed = []
     for k, obj in enumerate(root_el.iter("object")):
         try:
-            box, label, diff = _parse_object(obj, k, xml_path, image_id, class_to_label)
+            parsed.append(_parse_object(obj, k, xml_path, image_id, class_to_label))
         except DatasetError as exc:
             _report(problems, exc)
-            continue
-        boxes.append(box)
-        labels.append(label)
-        difficult.append(diff)
-    return Record(
-        image_path=image_path,
-        image_id=image_id,
-        width=width,
-        height=height,
-        boxes_px=np.asarray(boxes, np.float32).reshape(-1, 4),
-        labels=np.asarray(labels, np.int64).reshape(-1),
-        difficult=np.asarray(difficult, bool).reshape(-1),
-        annotation_path=xml_path,
-        depth=_depth(root_el),
+    return Record.from_parsed(
+        image_path, image_id, width, height, parsed, annotation_path=xml_path, depth=_depth(root_el)
     )
 
 

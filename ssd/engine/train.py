@@ -92,8 +92,10 @@ def lr_factor(it: int, cfg: Config) -> float:
 
 
 def build_optimizer(model: SSD, cfg: Config) -> torch.optim.Optimizer:
-    """SGD with momentum; learnable prior shapes get their own group (lr multiplier, no decay);
-    biases and normalisation parameters are not decayed."""
+    """SGD with momentum (`train.optimizer: sgd`, SSD's recipe) or AdamW (`adamw`, betas
+    (momentum, 0.999): converges in far fewer iterations from scratch, what a short CPU schedule
+    needs); learnable prior shapes get their own group (lr multiplier, no decay); biases and
+    normalisation parameters are not decayed."""
     decay, no_decay, shapes = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -114,6 +116,8 @@ def build_optimizer(model: SSD, cfg: Config) -> torch.optim.Optimizer:
     for g in groups:
         g["lr"] = t.lr * g["lr_mult"]
     fused = torch.cuda.is_available() and next(model.parameters()).is_cuda
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=t.lr, betas=(t.momentum, 0.999), fused=fused or None)
     return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, fused=fused or None)
 
 
@@ -214,7 +218,7 @@ def _train(
         )  # fmt: skip
 
     model = build_model(cfg).to(dev)
-    if cfg.train.channels_last and dev.type == "cuda":
+    if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(dev.type, enabled=cfg.train.amp == "fp16" and dev.type == "cuda")
@@ -297,7 +301,7 @@ def _train(
                 model.train()
                 lr = set_lr(optimizer, cfg.train.lr, lr_factor(it, cfg))
                 images = batch.images.to(dev, non_blocking=True)
-                if cfg.train.channels_last and dev.type == "cuda":
+                if cfg.train.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 targets = batch.targets.to(dev)
                 with _autocast(cfg, dev):

@@ -202,7 +202,9 @@ def test_auto_subgrids_give_thin_bands_cheap_rows() -> None:
     train, val = full_width_bands(300, seed=1), full_width_bands(300, seed=2)
     budget = 64 + 16 + 4 + 1 + 60
     plain = optimize_priors(train, SMALL, method="coverage", max_priors=budget, sample_size=2400, subgrids=())
-    auto = optimize_priors(train, SMALL, method="coverage", max_priors=budget, sample_size=2400)
+    auto = optimize_priors(
+        train, SMALL, method="coverage", max_priors=budget, sample_size=2400, subgrids="auto"
+    )
     assert auto.grid.num_priors <= budget
     r_plain, r_auto = fit_report(plain.grid, val, ["band"]), fit_report(auto.grid, val, ["band"])
     assert r_auto["recall"] >= 0.95 and r_plain["recall"] < 0.8  # measured: 1.0 and 0.73
@@ -224,7 +226,9 @@ def test_subgrids_reach_tiny_boxes_within_the_budget(tmp_path: Path) -> None:
     train, val = tiny_boxes(300, seed=7), tiny_boxes(300, seed=8)
     budget = 4 * 64 + 16 + 4 + 1  # room for one 2 x 2 sub-grid (or four shapes) on the 8 x 8 level
     plain = optimize_priors(train, SMALL, method="coverage", max_priors=budget, sample_size=1200, subgrids=())
-    sub = optimize_priors(train, SMALL, method="coverage", max_priors=budget, sample_size=1200)
+    sub = optimize_priors(
+        train, SMALL, method="coverage", max_priors=budget, sample_size=1200, subgrids="auto"
+    )
     assert plain.grid.num_priors <= budget and sub.grid.num_priors <= budget
     assert not plain.grid.has_offsets and sub.grid.has_offsets
     assert any(len(e) == 4 for e in sub.priors.shapes[0])  # [w, h, dx, dy] entries on the finest level

@@ -271,6 +271,11 @@ def test_optimize_subgrid_options(dataset: dict[str, Path], capsys: pytest.Captu
     assert all(len(e) in (2, 4) for level in res["shapes"] for e in level)
     off = run(capsys, [*base, "--out", str(dataset["tmp"] / "nosg.yaml"), "--subgrids", "none"])
     assert off["info"]["subgrids"] == [] and all(len(e) == 2 for level in off["shapes"] for e in level)
+    default = run(capsys, [*base, "--out", str(dataset["tmp"] / "default.yaml"), "--jitter", "2"])
+    assert default["info"]["subgrids"] == []  # off unless asked for
+    assert default["info"]["sample_points"] <= 400
+    auto = run(capsys, [*base, "--out", str(dataset["tmp"] / "auto.yaml"), "--subgrids", "auto"])
+    assert auto["info"]["subgrids"] == "auto" and auto["num_priors"] <= 24564
     with pytest.raises(SystemExit) as exit_info:
         main([*base, "--out", str(dataset["tmp"] / "bad.yaml"), "--subgrids", "2by2"])
     assert exit_info.value.code == 2
