@@ -70,6 +70,14 @@ def _run_complete(run_dir: Path, cfg: Config) -> bool:
     return int(state.get("iteration", 0)) >= cfg.train.max_iters
 
 
+def untrained_map(cfg: Config, device: torch.device) -> float:
+    """mAP on the val split of the network as initialised (seeded by `cfg.seed`), before any
+    training: the chance level each trained variant is read against."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg).to(device)
+    return float(evaluate_model(model, cfg, "val", device)["mAP"])
+
+
 def _loss_curve(run_dir: Path) -> list[tuple[int, float]]:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
@@ -135,6 +143,7 @@ def compare(
             if progress is not None:
                 progress(_name, it, scalars)
 
+        chance = untrained_map(cfg, dev)
         result = train(cfg, run_dir, device=dev, resume=resume, progress=step)
         final_cfg = cfg
         if result.learned_config is not None:
@@ -158,6 +167,7 @@ def compare(
         curves[name] = _loss_curve(run_dir)
         entry = {
             "map": float(metrics["mAP"]),
+            "map_untrained": chance,
             "per_class_ap": metrics["per_class_ap"],
             "metric": metrics.get("metric", final_cfg.eval.metric),
             "fps": float(bench["end_to_end_fps"]),

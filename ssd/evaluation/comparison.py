@@ -59,12 +59,13 @@ def per_class_table(report: Mapping[str, Any], classes: Sequence[str]) -> str:
 def summary_table(report: Mapping[str, Any]) -> str:
     """mAP, FPS and prior counts per variant."""
     lines = [
-        "| variant | mAP (%) | FPS end to end | FPS network | priors | boxes per cell |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| variant | mAP (%) | mAP untrained (%) | FPS end to end | FPS network | priors | boxes per cell |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for n, v in report["variants"].items():
+        chance = _pct(v["map_untrained"]) if "map_untrained" in v else ""
         lines.append(
-            f"| {n} | {_pct(v['map'])} | {v['fps']:.1f} | {v['network_fps']:.1f} | "
+            f"| {n} | {_pct(v['map'])} | {chance} | {v['fps']:.1f} | {v['network_fps']:.1f} | "
             f"{v['num_priors']:,} | {v['boxes_per_cell']} |"
         )
     return "\n".join(lines)
@@ -178,8 +179,9 @@ def render_markdown(report: Mapping[str, Any], classes: Sequence[str], files: Ma
         f"{b['num_val_boxes']} validation boxes. Input {b['image_size']}x{b['image_size']}, "
         f"width x{b['width_mult']}, {b['max_iters']} iterations of batch {b['batch_size']}, seed "
         f"{b['seed']}: identical for every variant, only the priors differ. AP at IoU 0.5 "
-        f"({metric}), on the validation split. FPS at batch 1 on {fps_device}, end to end "
-        "(pre-processing + network + decode + NMS).",
+        f"({metric}), on the validation split; *mAP untrained* is the same network at its seeded "
+        "initialisation, before any training: the chance level. FPS at batch 1 on "
+        f"{fps_device}, end to end (pre-processing + network + decode + NMS).",
         "",
         "## mAP and speed",
         "",

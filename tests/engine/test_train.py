@@ -15,7 +15,7 @@ import ssd
 from ssd.config import Config, config_from_dict
 from ssd.data.labelme import TIANCHI_CLASSES
 from ssd.engine.checkpoint import CheckpointError, load_checkpoint
-from ssd.engine.train import TrainingError, TrainingInterrupted, lr_factor, train
+from ssd.engine.train import TrainingError, TrainingInterrupted, build_optimizer, lr_factor, train
 from ssd.losses import MultiBoxLoss
 from tests.conftest import TINY_PRIORS
 
@@ -101,6 +101,23 @@ def test_resume_reproduces_the_uninterrupted_losses(tmp_path: Path) -> None:
     a = load_checkpoint(full.last_checkpoint)["model"]
     b = load_checkpoint(rest.last_checkpoint)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_adamw_channels_last_run_resumes_exactly(tmp_path: Path) -> None:
+    cfg = tiny_cfg(
+        tmp_path / "data", max_iters=4, checkpoint_every=2, optimizer="adamw", lr=0.002, channels_last=True
+    )
+    model = ssd.build_model(cfg)
+    opt = build_optimizer(model, cfg)
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["betas"] == (0.9, 0.999)
+    assert [g["weight_decay"] for g in opt.param_groups] == [cfg.train.weight_decay, 0.0]
+    full = train(cfg, tmp_path / "full", evaluate_fn=_no_eval)
+    first = train(ssd.config.replace(cfg, **{"train.max_iters": 2}), tmp_path / "part", evaluate_fn=_no_eval)
+    rest = train(cfg, tmp_path / "part", resume=True, evaluate_fn=_no_eval)
+    assert _losses(first.history) + _losses(rest.history) == _losses(full.history)
+    assert "exp_avg" in next(iter(load_checkpoint(rest.last_checkpoint)["optimizer"]["state"].values()))
+    with pytest.raises(ssd.config.ConfigError, match=r"train\.optimizer"):
+        tiny_cfg(tmp_path, optimizer="adam")
 
 
 def test_resume_refuses_a_different_config(tmp_path: Path) -> None:
