@@ -88,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.add_argument("--iou", type=float, help="IoU threshold (default: the config's matcher threshold)")
     f.add_argument("--max-unmatched", type=int, default=50, help="unmatched ground truth to list")
+    f.add_argument(
+        "--shifts",
+        type=int,
+        default=8,
+        help="position-averaged figures over N x N shifts of every box across a cell of the two "
+        "finest levels (default 8; 0 = off)",
+    )
 
     k = sub.add_parser("kmeans", help="cluster box shapes")
     _data_args(k)
@@ -115,12 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--max-priors", type=int, help="prior budget (default: the base config's count)")
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--restarts", type=int, default=10, help="k-means restarts")
-    o.add_argument(
-        "--sample-size", type=int, help="coverage: boxes x jitter copies scored (default 32000)"
-    )
-    o.add_argument(
-        "--jitter", type=int, help="coverage: scored copies of every sampled box (default 16)"
-    )
+    o.add_argument("--sample-size", type=int, help="coverage: boxes x jitter copies scored (default 32000)")
+    o.add_argument("--jitter", type=int, help="coverage: scored copies of every sampled box (default 16)")
     o.add_argument("--iou-weight", type=float, help="coverage: objective recall + w * mean IoU (default 0.2)")
     o.add_argument(
         "--max-shapes-per-level",
@@ -237,6 +240,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     thr = cfg.matcher.iou_threshold if args.iou is None else args.iou
     if not 0 < thr < 1:
         raise UsageError(f"--iou must be in (0, 1), got {thr}")
+    if args.shifts < 0:
+        raise UsageError(f"--shifts must be >= 0, got {args.shifts}")
     configs: dict[str, Config] = {_name(args.config): cfg}
     for path in args.compare:
         other = load_config(path, args.overrides)
@@ -254,7 +259,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
             else dataclasses.replace(boxes, image_size=c.priors.image_size)
         )
         reports[name] = fit_report(
-            grid, b, cfg.data.classes, iou_threshold=thr, max_unmatched=args.max_unmatched
+            grid, b, cfg.data.classes, iou_threshold=thr, max_unmatched=args.max_unmatched, shifts=args.shifts
         )
         grids[name] = grid
     source = _source(args.config, args, "val")

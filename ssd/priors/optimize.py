@@ -32,7 +32,7 @@ import numpy as np
 import yaml
 
 from ssd.config import ConfigError, PriorsConfig, load_config, parse_overrides
-from ssd.priors.fit import BoxSet, PriorGrid, lattice_best_iou_xy
+from ssd.priors.fit import BoxSet, PriorGrid, default_shift_amplitude, lattice_best_iou_xy, translate_inside
 from ssd.priors.generator import shape_entry, split_entry
 from ssd.priors.kmeans import iou_kmeans
 
@@ -267,7 +267,8 @@ def _jittered(
 ) -> np.ndarray:
     """The boxes [N, 4] (xyxy input pixels) plus `copies` - 1 copies shifted by a uniform offset
     in [-amplitude, amplitude] in x and y and, with `scale_sigma` > 0, with w and h each scaled
-    by exp(N(0, scale_sigma^2)) about the centre (clipped to the image; degenerate ones dropped).
+    by exp(N(0, scale_sigma^2)) about the centre (`translate_inside`: slid back inside the
+    image; degenerate ones dropped).
 
     Where a box falls relative to the cell centres of the fine levels is chance; evaluating a
     few phases per box estimates the *expected* grid IoU of a shape instead of fitting the
@@ -275,15 +276,11 @@ def _jittered(
     kernel estimate of the shape distribution): priors fitted to exactly the training shapes
     generalise worse, most of all for the few, varied small boxes."""
     out = [boxes_px]
-    cxcy = 0.5 * (boxes_px[:, :2] + boxes_px[:, 2:])
     half = 0.5 * (boxes_px[:, 2:] - boxes_px[:, :2])
     for _ in range(copies - 1):
         shift = rng.uniform(-amplitude, amplitude, (boxes_px.shape[0], 2))
         scale = np.exp(rng.normal(0.0, scale_sigma, (boxes_px.shape[0], 2))) if scale_sigma > 0 else 1.0
-        r = np.minimum(half * scale, 0.5 * float(image_size))
-        # translate, then slide back inside the image: the shape is kept, a box at an edge stays there
-        c = np.clip(cxcy + shift, r, float(image_size) - r)
-        moved = np.concatenate([c - r, c + r], axis=1)
+        moved = translate_inside(boxes_px, shift, image_size, half * scale)
         ok = (moved[:, 2] - moved[:, 0] > 0.5) & (moved[:, 3] - moved[:, 1] > 0.5)
         out.append(moved[ok])
     return np.concatenate(out)
@@ -575,7 +572,7 @@ def coverage_priors(
     else:
         sample = boxes
     wh = sample.wh_px
-    amplitude = float(steps[min(1, num_levels - 1)]) / 2 if jitter_px is None else float(jitter_px)
+    amplitude = default_shift_amplitude(steps) if jitter_px is None else float(jitter_px)
     points = _jittered(sample.boxes_px, copies, amplitude, boxes.image_size, rng, jitter_scale)
     shapes = _candidate_base_shapes(wh, num_levels, base_shapes, restarts=restarts, seed=seed)
     cands = _build_candidates(

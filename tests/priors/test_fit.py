@@ -16,13 +16,17 @@ from ssd.priors.fit import (
     BoxSet,
     PriorGrid,
     best_shape_iou,
+    compute_stats,
+    default_shift_amplitude,
     dense_grid_stats,
     fit_report,
     fit_table_markdown,
     grid_stats,
+    position_shifts,
     records_to_boxes,
     records_to_input_boxes,
     records_to_input_wh,
+    translate_inside,
 )
 from ssd.priors.generator import flat_shapes, generate_priors, layout_from_config, shapes_per_level
 
@@ -288,3 +292,55 @@ def test_records_to_input_space() -> None:
     assert bs.image_ids == ("a", "b") and bs.image_size == 300
     np.testing.assert_allclose(bs.wh_px[0], [300.0, 55 * 300 / 1920], rtol=1e-6)
     assert math.isclose(float(bs.boxes_px[1, 0]), 100 * 300 / 2560, rel_tol=1e-6)
+
+
+def test_position_shifts_grid() -> None:
+    d = position_shifts(4, 8.0)
+    assert d.shape == (16, 2)
+    np.testing.assert_allclose(np.unique(d[:, 0]), [-6.0, -2.0, 2.0, 6.0])
+    np.testing.assert_allclose(d.mean(axis=0), [0.0, 0.0], atol=1e-12)
+    assert default_shift_amplitude([8, 16, 32]) == 8.0 and default_shift_amplitude([64]) == 32.0
+    with pytest.raises(ValueError, match="n >= 1"):
+        position_shifts(0, 8.0)
+
+
+def test_translate_inside_keeps_shape_and_image() -> None:
+    b = np.array([[0.0, 100.0, 512.0, 115.0], [500.0, 10.0, 510.0, 20.0]])
+    moved = translate_inside(b, np.array([7.0, -30.0]), 512)
+    np.testing.assert_allclose(moved[:, 2:] - moved[:, :2], b[:, 2:] - b[:, :2])  # shape kept
+    assert moved[0, 0] == 0.0 and moved[0, 2] == 512.0  # a full-width band stays full width
+    np.testing.assert_allclose(moved[1], [502.0, 0.0, 512.0, 10.0])  # slid back at the corner
+
+
+def test_position_averaged_recall_golden() -> None:
+    """A 10 x 10 box against 10 x 10 priors on the stride-8 lattice: IoU >= 0.5 needs
+    (10 - |dx|)(10 - |dy|) >= 200 / 3, so over a uniform phase the hit rate is
+    (100 / 3 - 200 / 3 ln(3 / 2)) / 16 = 0.3939 (integral over |dx|, |dy| in [0, 4])."""
+    grid = PriorGrid(shapes=(((10.0, 10.0),),), feature_maps=(64,), steps=(8.0,), image_size=512)
+    exact = (100 / 3 - 200 / 3 * math.log(1.5)) / 16
+    rel = np.array([[247.0, 247.0, 257.0, 257.0]]) / 512  # centred on the lattice point 252: a hit
+    stats = compute_stats(grid, boxset(rel, size=512), 0.5, shifts=64, shift_amplitude=4.0)
+    assert stats.best_iou[0] == pytest.approx(1.0)
+    assert stats.hit_expected is not None and stats.iou_expected is not None
+    assert stats.hit_expected[0] == pytest.approx(exact, abs=0.01)
+    rep = fit_report(grid, boxset(rel, size=512), ["spot"], shifts=16)
+    assert rep["recall"] == 1.0 and rep["recall_expected"] == pytest.approx(exact, abs=0.03)
+    assert rep["per_class"]["spot"]["recall_expected"] == rep["recall_expected"]
+    assert fit_report(grid, boxset(rel, size=512), ["spot"], shifts=0)["recall_expected"] is None
+
+
+def test_position_averaged_agrees_with_brute_force() -> None:
+    """The averaged figures are the plain ones of the shifted boxes, on both paths (lattice and
+    dense, the latter also clipped)."""
+    rel = random_boxes(30, seed=5)
+    for grid in (small_grid(), offset_grid(), small_grid(clip=True)):
+        stats = compute_stats(grid, boxset(rel), 0.5, shifts=3)
+        hits, ious = np.zeros(30), np.zeros(30)
+        for d in position_shifts(3, default_shift_amplitude(grid.steps)):
+            moved = translate_inside(rel * grid.image_size, d, grid.image_size) / grid.image_size
+            best, _ = brute_force(grid, moved, 0.5)
+            hits += np.array(best) >= 0.5
+            ious += best
+        assert stats.hit_expected is not None and stats.iou_expected is not None
+        np.testing.assert_allclose(stats.hit_expected, hits / 9)
+        np.testing.assert_allclose(stats.iou_expected, ious / 9, atol=1e-5)

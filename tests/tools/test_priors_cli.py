@@ -110,6 +110,14 @@ def test_fit_reports_both_ious_and_writes_files(
     # the config's own val split gives the same boxes
     rep2 = run(capsys, ["fit", "--config", str(dataset["cfg"]), "--split-name", "val"])
     assert rep2["num_gt"] == rep["num_gt"] and rep2["recall"] == rep["recall"]
+    # position-averaged figures: on by default (8 x 8 shifts), off with --shifts 0
+    assert rep["position_shifts"] == {"n": 8, "amplitude_px": 8.0}
+    assert 0 < rep["recall_expected"] <= 1 and 0 < rep["mean_iou_grid_expected"] <= 1
+    assert "position-averaged" in (out_dir / "fit.md").read_text(encoding="utf-8")
+    off = run(capsys, ["fit", "--config", str(dataset["cfg"]), "--split-name", "val", "--shifts", "0"])
+    assert off["recall_expected"] is None and off["recall"] == rep["recall"]
+    assert main(["fit", "--config", str(dataset["cfg"]), "--split-name", "val", "--shifts", "-1"]) == 2
+    assert "--shifts" in capsys.readouterr().err
 
 
 def test_kmeans_and_sweep(dataset: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
