@@ -178,6 +178,7 @@ def compare(
             "mean_iou_grid": float(fit_after["mean_iou_grid"]),
             "mean_iou_shape": float(fit_after["mean_iou_shape"]),
             "recall": float(fit_after["recall"]),
+            "recall_expected": float(fit_after["recall_expected"]),
             "positives_per_gt": float(fit_after["positives_per_gt"]),
             "fit": {k: fit_after[k] for k in ("per_class", "per_size", "per_level", "unmatched")},
             "config": str(result.learned_config or run_dir / "config.yaml"),
@@ -187,7 +188,8 @@ def compare(
         }
         if name == "learned":
             entry["fit_before_training"] = {
-                k: fit_before[k] for k in ("mean_iou_grid", "mean_iou_shape", "recall", "positives_per_gt")
+                k: fit_before[k]
+                for k in ("mean_iou_grid", "mean_iou_shape", "recall", "recall_expected", "positives_per_gt")
             }
         report["variants"][name] = entry
         log.info("variant %s: mAP %.4f, %.1f FPS", name, entry["map"], entry["fps"])

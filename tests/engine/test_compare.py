@@ -13,7 +13,10 @@ from ssd.data.labelme import TIANCHI_CLASSES
 from ssd.engine.compare import VARIANTS, compare
 from tests.conftest import TINY_PRIORS
 
-REPORT_KEYS = ("map", "per_class_ap", "fps", "num_priors", "boxes_per_cell", "mean_iou_grid", "recall")
+REPORT_KEYS = (
+    "map", "per_class_ap", "fps", "num_priors", "boxes_per_cell", "mean_iou_grid",
+    "recall", "recall_expected",
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +61,7 @@ def test_report_holds_every_variant_with_the_specified_keys(report: tuple[dict, 
             assert key in entry, (name, key)
         assert set(entry["per_class_ap"]) == set(TIANCHI_CLASSES)
         assert 0.0 <= entry["map"] <= 1.0 and 0.0 <= entry["map_untrained"] <= 1.0
-        assert entry["fps"] > 0 and 0.0 <= entry["recall"] <= 1.0
+        assert entry["fps"] > 0 and 0.0 <= entry["recall"] <= 1.0 and 0.0 <= entry["recall_expected"] <= 1.0
     base = on_disk["variants"]["original"]["num_priors"]
     assert on_disk["variants"]["coverage"]["num_priors"] <= base  # within the original budget
     assert on_disk["variants"]["learned"]["num_priors"] == base
