@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from ssd.config import Config, replace
+from ssd.data.labelme import TIANCHI_CLASSES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,6 +20,20 @@ TINY_PRIORS = {
     "min_sizes": [19, 41, 82, 122, 163, 204, 245],
     "max_sizes": [41, 82, 122, 163, 204, 245, 286],
 }
+
+
+def synthetic_data(num_images: int, size: tuple[int, int], **extra: object) -> dict[str, object]:
+    """The `data` section of a tiny training config: `num_images` synthetic aluminum images of
+    `size` (w, h), all ten Tianchi classes, a quarter for validation, no loader workers."""
+    return {
+        "format": "synthetic",
+        "classes": list(TIANCHI_CLASSES),
+        "num_workers": 0,
+        "synthetic_num_images": num_images,
+        "synthetic_size": list(size),
+        "synthetic_val_fraction": 0.25,
+        **extra,
+    }
 
 
 @pytest.fixture

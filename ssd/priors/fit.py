@@ -418,11 +418,17 @@ def position_shifts(n: int, amplitude: float) -> np.ndarray:
 
 
 def grid_stats(
-    grid: PriorGrid, boxes: BoxSet | np.ndarray, threshold: float, *, chunk: int = 16384
+    grid: PriorGrid,
+    boxes: BoxSet | np.ndarray,
+    threshold: float,
+    *,
+    chunk: int = 16384,
+    positives: bool = True,
 ) -> GridStats:
     """Exact grid statistics of an unclipped `grid` for boxes (a BoxSet, or [G, 4] xyxy relative).
 
     Uses the lattice factorisation (see the module docstring); memory O(chunk x max(f, shapes)).
+    With `positives=False` the count of priors at IoU >= threshold is skipped (`num_above` 0).
     """
     if grid.clip:
         raise ValueError("grid_stats needs unclipped priors; use dense_grid_stats for clip=True")
@@ -448,6 +454,8 @@ def grid_stats(
             best[sl] = np.where(better, v, best[sl])
             best_level[sl] = np.where(better, level, best_level[sl])
             best_shape[sl] = np.where(better, offset + j, best_shape[sl])
+            if not positives:
+                continue
             for s_idx, (shape, o) in enumerate(zip(shapes, offs)):
                 # a lattice can only hold a positive where its best IoU is one
                 cand = np.flatnonzero(iou[:, s_idx] >= threshold)
@@ -519,20 +527,16 @@ def compute_stats(
     if shifts > 0 and boxes.num_boxes:
         a = default_shift_amplitude(grid.steps) if shift_amplitude is None else float(shift_amplitude)
         px = boxes.boxes_px
-        hits = np.zeros(boxes.num_boxes)
-        ious = np.zeros(boxes.num_boxes)
         moves = position_shifts(int(shifts), a)
-        for d in moves:
-            rel = translate_inside(px, d, boxes.image_size) / boxes.image_size
-            s = (
-                dense_grid_stats(pri, grid.layout(), rel, threshold)
-                if pri is not None
-                else grid_stats(grid, rel, threshold)
-            )
-            hits += s.best_iou >= threshold
-            ious += s.best_iou
-        stats.hit_expected = hits / len(moves)
-        stats.iou_expected = ious / len(moves)
+        moved = np.concatenate([translate_inside(px, d, boxes.image_size) for d in moves]) / boxes.image_size
+        shifted = (
+            dense_grid_stats(pri, grid.layout(), moved, threshold)
+            if pri is not None
+            else grid_stats(grid, moved, threshold, positives=False)
+        )
+        best = shifted.best_iou.reshape(len(moves), boxes.num_boxes)
+        stats.hit_expected = (best >= threshold).mean(axis=0)
+        stats.iou_expected = best.mean(axis=0)
     return stats
 
 

@@ -11,7 +11,7 @@ import pytest
 from ssd.config import config_from_dict
 from ssd.data.labelme import TIANCHI_CLASSES
 from ssd.engine.compare import VARIANTS, compare
-from tests.conftest import TINY_PRIORS
+from tests.conftest import TINY_PRIORS, synthetic_data
 
 REPORT_KEYS = (
     "map", "per_class_ap", "fps", "num_priors", "boxes_per_cell", "mean_iou_grid",
@@ -24,15 +24,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     root = tmp_path_factory.mktemp("compare")
     cfg = config_from_dict(
         {
-            "data": {
-                "format": "synthetic",
-                "root": str(root / "data"),
-                "classes": list(TIANCHI_CLASSES),
-                "num_workers": 0,
-                "synthetic_num_images": 12,
-                "synthetic_size": [320, 240],
-                "synthetic_val_fraction": 0.25,
-            },
+            "data": synthetic_data(12, (320, 240), root=str(root / "data")),
             "model": {"batch_norm": True, "width_mult": 0.125},
             "priors": {**TINY_PRIORS, "learn": {"warmup_iters": 2}},
             "train": {

@@ -23,22 +23,14 @@ import pytest
 import yaml
 
 from ssd.config import load_config
-from ssd.data.labelme import TIANCHI_CLASSES
 from ssd.data.loader import ensure_synthetic
 from ssd.engine.checkpoint import load_checkpoint
-from tests.conftest import REPO, TINY_PRIORS
+from tests.conftest import REPO, TINY_PRIORS, synthetic_data
 
 CHECKPOINT_EVERY = 2
 MAX_ITERS = 5
 CONFIG = {
-    "data": {
-        "format": "synthetic",
-        "classes": list(TIANCHI_CLASSES),
-        "num_workers": 0,
-        "synthetic_num_images": 8,
-        "synthetic_size": [160, 120],
-        "synthetic_val_fraction": 0.25,
-    },
+    "data": synthetic_data(8, (160, 120)),
     "model": {"batch_norm": True, "width_mult": 0.125},
     "priors": TINY_PRIORS,
     "train": {

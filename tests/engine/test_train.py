@@ -17,7 +17,7 @@ from ssd.data.labelme import TIANCHI_CLASSES
 from ssd.engine.checkpoint import CheckpointError, load_checkpoint
 from ssd.engine.train import TrainingError, TrainingInterrupted, build_optimizer, lr_factor, train
 from ssd.losses import MultiBoxLoss
-from tests.conftest import TINY_PRIORS
+from tests.conftest import TINY_PRIORS, synthetic_data
 
 CLASSES = list(TIANCHI_CLASSES)
 
@@ -26,15 +26,7 @@ def tiny_cfg(root: Path, **train: Any) -> Config:
     """A 272-input (the smallest SSD512-shaped input), width-1/8 model on 8 synthetic images."""
     return config_from_dict(
         {
-            "data": {
-                "format": "synthetic",
-                "root": str(root),
-                "classes": CLASSES,
-                "num_workers": 0,
-                "synthetic_num_images": 8,
-                "synthetic_size": [320, 240],
-                "synthetic_val_fraction": 0.25,
-            },
+            "data": synthetic_data(8, (320, 240), root=str(root)),
             "model": {"batch_norm": True, "width_mult": 0.125},
             "priors": TINY_PRIORS,
             "train": {
