@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         "best_map": result.best_map,
         "final_metrics": result.final_metrics,
         "skipped_steps": result.skipped_steps,
+        "skipped_images": result.skipped_images,
         "learned_config": str(result.learned_config) if result.learned_config else None,
     }
     if args.json:

@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image
 
 from ssd.config import Config, ConfigError
 from ssd.data.coco import read_coco_records
+from ssd.data.image import probe_image
 from ssd.data.labelme import read_labelme_records
 from ssd.data.records import IMAGE_EXTENSIONS, DatasetError, Record
 from ssd.data.voc import ANNOTATION_DIRS, IMAGE_DIRS, read_voc_records
@@ -74,6 +74,12 @@ KINDS: dict[str, tuple[Severity, str]] = {
     "filename_mismatch": ("warning", "VOC <filename> names another file than the image paired by stem"),
     "filename_without_extension": ("info", "VOC <filename> is the paired image's name without extension"),
     "channel_mismatch": ("info", "VOC <depth> differs from the image's channels (images are read as RGB)"),
+    "exif_orientation": (
+        "warning",
+        "an image with an EXIF orientation: read rotated/flipped as viewers show it; boxes and the stated "
+        "size must refer to that view",
+    ),
+    "high_bit_depth": ("info", "more than 8 bits per sample (e.g. a 16-bit PNG): scaled to 8 bit when read"),
 }
 
 
@@ -303,44 +309,47 @@ def check_record(
     return out
 
 
-# Channels of PIL modes (what `<depth>` counts).
-_MODE_CHANNELS = {"1": 1, "L": 1, "P": 1, "I": 1, "F": 1, "I;16": 1, "LA": 2, "PA": 2, "RGBA": 4, "CMYK": 4}
-
-
 def inspect_image(path: Path, decode: bool = False) -> tuple[int, int, int]:
-    """(width, height, channels) of an image file: from its header, or after decoding every
-    pixel (`decode`: finds truncated and corrupt files). Raises DatasetError naming the file
-    (kind missing_image or unreadable_image)."""
-    try:
-        with Image.open(path) as im:
-            if decode:
-                im.load()
-            width, height = im.size
-            channels = _MODE_CHANNELS.get(im.mode, len(im.getbands()))
-    except FileNotFoundError as exc:
-        raise DatasetError(path, "image file not found", kind="missing_image") from exc
-    except Exception as exc:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError, ...)
-        what = "does not decode" if decode else "cannot read the image header"
-        raise DatasetError(path, f"{what}: {type(exc).__name__}: {exc}", kind="unreadable_image") from exc
-    return int(width), int(height), channels
+    """(width, height, channels) of an image file as it is read (EXIF orientation applied):
+    from its header, or after decoding every pixel (`decode`: finds truncated and corrupt
+    files). Raises DatasetError naming the file (kind missing_image or unreadable_image)."""
+    info = probe_image(path, decode)
+    return info.width, info.height, info.channels
 
 
 def check_image(rec: Record, decode: bool = False, split: str | None = None) -> list[Problem]:
     """Image-level problems of one record: missing or unreadable file (not decoding with
-    `decode`), size differing from the annotation's, `<depth>` differing from the channels."""
+    `decode`; too large for PIL's decompression-bomb guard), size differing from the
+    annotation's (compared with the size after the EXIF orientation), `<depth>` differing from
+    the channels, an EXIF orientation (applied when read), more than 8 bits per sample."""
     try:
-        width, height, channels = inspect_image(rec.image_path, decode)
+        info = probe_image(rec.image_path, decode)
     except DatasetError as exc:
         return [_problem(exc.kind, exc.path, exc.detail, split, rec.image_id)]
     out = []
     file = rec.annotation_path or rec.image_path
     name = rec.image_path.name
+    width, height = info.width, info.height
     if rec.width > 0 and (rec.width, rec.height) != (width, height):
         detail = f"annotation says {rec.width}x{rec.height} but {name} is {width}x{height}"
+        if info.orientation != 1:
+            detail += f" as read (EXIF orientation {info.orientation}, {info.orientation_name}, applied)"
+            if (rec.width, rec.height) == info.stored_size:
+                detail += "; the annotation gives the stored size: were the boxes drawn on the stored pixels?"
         out.append(_problem("size_mismatch", file, detail, split, rec.image_id))
-    if rec.depth is not None and rec.depth != channels:
-        detail = f"<depth> {rec.depth} but {name} has {channels} channels (read as RGB)"
+    if rec.depth is not None and rec.depth != info.channels:
+        detail = f"<depth> {rec.depth} but {name} has {info.channels} channels (read as RGB)"
         out.append(_problem("channel_mismatch", file, detail, split, rec.image_id))
+    if info.orientation != 1:
+        sw, sh = info.stored_size
+        detail = (
+            f"EXIF orientation {info.orientation} ({info.orientation_name}): the stored {sw}x{sh} pixels are "
+            f"read as {width}x{height}; boxes must refer to that view"
+        )
+        out.append(_problem("exif_orientation", rec.image_path, detail, split, rec.image_id))
+    if info.high_bit_depth:
+        detail = f"PIL mode {info.mode}: more than 8 bits per sample, scaled to 8 bit when read"
+        out.append(_problem("high_bit_depth", rec.image_path, detail, split, rec.image_id))
     return out
 
 
