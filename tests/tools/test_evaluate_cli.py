@@ -133,6 +133,22 @@ def test_missing_and_malformed_files_exit_2(tmp_path: Path, capsys: pytest.Captu
         assert str(bad_path) in err and "[3].category_id 99" in err
 
 
+def test_zero_size_ground_truth_box_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # a GT box no detection can match would lower the AP silently: refused, naming file and box
+    gt_path, pred_path, gt_json, _, _ = write_case(tmp_path)
+    for k, (w, h) in enumerate([(0, 5.0), (4.0, 0)]):
+        bad = copy.deepcopy(gt_json)
+        bad["annotations"][2]["bbox"][2:] = [w, h]
+        bad_path = tmp_path / f"zero{k}.json"
+        bad_path.write_text(json.dumps(bad))
+        for metric in ("voc07", "coco"):
+            argv = ["--annotations", str(bad_path), "--predictions", str(pred_path), "--metric", metric]
+            assert main(argv) == 2
+            err = capsys.readouterr().err
+            assert str(bad_path) in err and "annotations[2].bbox has zero width or height" in err
+            assert len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
