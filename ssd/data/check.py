@@ -493,13 +493,17 @@ def clean_record(rec: Record, box_outside: BoxOutside = "clip") -> Record:
     return replace(rec, boxes_px=boxes, labels=np.asarray(rec.labels)[keep], difficult=difficult[keep])
 
 
-def usable_records(cfg: Config, split: str, *, images: bool = False) -> list[Record]:
+def usable_records(
+    cfg: Config, split: str, *, images: bool = False, left_out: list[DatasetError] | None = None
+) -> list[Record]:
     """The records of `split`, checked and cleaned (`clean_record`): the annotations, and with
     `images` the image files too (headers; every pixel with `data.check_decode`).
 
     A split with fatal problems is refused with a DatasetError naming the dataset and listing
     the first problems, unless `data.skip_invalid`: then the bad samples are left out and
-    logged (how many and which). Raises DatasetError when no usable sample is left."""
+    logged (how many and which), and with a `left_out` list the first fatal problem of each is
+    appended to it as a DatasetError (naming the file, with the sample's id). Raises
+    DatasetError when no usable sample is left."""
     d = cfg.data
     scan = check_split(cfg, split, images=images, decode=d.check_decode)
     fatal = scan.fatal
@@ -514,6 +518,10 @@ def usable_records(cfg: Config, split: str, *, images: bool = False) -> list[Rec
             kind=fatal[0].kind,
         )
     records = [clean_record(r, d.box_outside) for r in scan.records if r.image_id not in bad]
+    if left_out is not None:
+        first = {p.sample: p for p in reversed(fatal) if p.sample is not None}
+        for sample, q in sorted(first.items()):
+            left_out.append(DatasetError(q.file, q.detail, kind=q.kind, image_id=sample))
     if fatal:
         kinds = {s: sorted({p.kind for p in fatal if p.sample == s}) for s in sorted(bad)}
         shown = ", ".join(f"{s} ({', '.join(k)})" for s, k in list(kinds.items())[:20])

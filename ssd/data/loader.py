@@ -44,7 +44,13 @@ def derive_seed(*parts: int) -> int:
 # --------------------------------------------------------------------------- records
 
 
-def build_records(cfg: Config, split: Split | str, *, open_images: bool = False) -> list[Record]:
+def build_records(
+    cfg: Config,
+    split: Split | str,
+    *,
+    open_images: bool = False,
+    left_out: list[DatasetError] | None = None,
+) -> list[Record]:
     """The annotation records of `split` ("train" or "val") of the configured dataset, checked
     and cleaned by `ssd.data.check.usable_records`.
 
@@ -58,7 +64,8 @@ def build_records(cfg: Config, split: Split | str, *, open_images: bool = False)
     Every annotation is checked (and with `open_images` every image header, or every pixel
     with `data.check_decode`; otherwise no image is opened unless an annotation lacks the size):
     a split with fatal problems raises a DatasetError listing them, unless `data.skip_invalid`
-    (the bad samples are then left out and logged); boxes are clipped to the image
+    (the bad samples are then left out, logged, and appended to `left_out` as DatasetErrors when
+    a list is given); boxes are clipped to the image
     (`data.box_outside: clip`) and exact duplicate boxes removed. Raises DatasetError when no
     usable sample is left.
     """
@@ -66,7 +73,7 @@ def build_records(cfg: Config, split: Split | str, *, open_images: bool = False)
         raise ConfigError(f"split must be 'train' or 'val', got {split!r}")
     if cfg.data.format == "synthetic":
         ensure_synthetic(cfg)
-    return usable_records(cfg, split, images=open_images)
+    return usable_records(cfg, split, images=open_images, left_out=left_out)
 
 
 def ensure_synthetic(cfg: Config) -> None:
@@ -178,6 +185,8 @@ class DetectionDataset(Dataset[Sample | LoadFailure]):
         self.skip_invalid = skip_invalid
         self.replace_invalid = replace_invalid
         self.return_failures = return_failures
+        # samples left out before this dataset was built (build_eval_loader), for reporting
+        self.left_out: list[DatasetError] = []
 
     def __len__(self) -> int:
         return len(self.records)
@@ -418,12 +427,14 @@ def _refuse_bad_val(cfg: Config) -> None:
 def build_eval_loader(cfg: Config, split: Split | str = "val") -> DataLoader[Sample | LoadFailure]:
     """One ordered pass over `split` (resize only), batches of `eval.batch_size`. Yields
     `Batch`es; `loader.dataset.records` are the records in loader order (with
-    `data.skip_invalid`, samples whose annotation or image header is unusable are left out).
+    `data.skip_invalid`, samples whose annotation or image header is unusable are left out and
+    listed in `loader.dataset.left_out`, a DatasetError each).
 
     An image that does not decode (a truncated file whose header was fine) is not replaced:
     with `data.skip_invalid` it is left out of its batch and listed in `Batch.skipped`,
     otherwise its error is in `Batch.errors` (iterate through `checked` to raise it)."""
-    records = build_records(cfg, split, open_images=True)
+    left_out: list[DatasetError] = []
+    records = build_records(cfg, split, open_images=True, left_out=left_out)
     transform = build_transforms(
         cfg.augment, cfg.priors.image_size, cfg.input.mean, cfg.input.std, train=False
     )
@@ -435,4 +446,5 @@ def build_eval_loader(cfg: Config, split: Split | str = "val") -> DataLoader[Sam
         replace_invalid=False,
         return_failures=True,
     )
+    dataset.left_out = left_out
     return DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False, **_loader_kwargs(cfg))

@@ -52,7 +52,7 @@ def predict_split(
     priors = model.priors().detach()
     pp = cfg.postprocess
     out: dict[str, Detections] = {}
-    skipped: list[DatasetError] = []
+    skipped: list[DatasetError] = list(loader.dataset.left_out)  # type: ignore[attr-defined]
     try:
         for batch in checked(loader):
             for err in batch.skipped:
@@ -79,8 +79,8 @@ def predict_split(
         names = ", ".join(e.image_id or e.path for e in skipped[:20])
         more = f" and {len(skipped) - 20} more" if len(skipped) > 20 else ""
         log.warning(
-            "%s split: %d of %d images could not be read and are not scored (data.skip_invalid): %s%s",
-            split, len(skipped), len(records), names, more,
+            "%s split: %d of %d images are unusable and not scored (data.skip_invalid): %s%s",
+            split, len(skipped), len(records) + len(loader.dataset.left_out), names, more,  # type: ignore[attr-defined]
         )  # fmt: skip
     read = [r for r in records if r.image_id in out]
     return SplitPredictions(out, read, skipped)

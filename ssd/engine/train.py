@@ -303,7 +303,7 @@ def _train(
                     raise TrainingInterrupted(path, it)
                 batch = next(batches)
                 for err in batch.skipped:
-                    name = getattr(err, "image_id", None) or getattr(err, "path", str(err))
+                    name = str(getattr(err, "image_id", None) or getattr(err, "path", err))
                     skipped_images[name] = skipped_images.get(name, 0) + 1
                     log.warning("iteration %d: %s; replaced by another sample (data.skip_invalid)", it, err)
                 model.train()

@@ -135,7 +135,7 @@ def test_missing_and_malformed_files_exit_2(tmp_path: Path, capsys: pytest.Captu
 
 def test_zero_size_ground_truth_box_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # a GT box no detection can match would lower the AP silently: refused, naming file and box
-    gt_path, pred_path, gt_json, _, _ = write_case(tmp_path)
+    _, pred_path, gt_json, _, _ = write_case(tmp_path)
     for k, (w, h) in enumerate([(0, 5.0), (4.0, 0)]):
         bad = copy.deepcopy(gt_json)
         bad["annotations"][2]["bbox"][2:] = [w, h]
