@@ -7,7 +7,7 @@ becomes a `DatasetError` naming the file, so no caller ever sees a decoder excep
 
 Pixel conventions, the same everywhere:
 
-* **EXIF orientation is applied** (`PIL.ImageOps.exif_transpose`): the image is read as photo
+* **EXIF orientation is applied** (as `PIL.ImageOps.exif_transpose` does): the image is read as photo
   viewers and annotation tools such as LabelMe show it, so boxes and the size stated in an
   annotation refer to that view (for orientations 5-8 width and height are swapped against the
   stored pixels). `probe_image` reports the size after orientation.
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import Tensor
 
 from ssd.data.records import DatasetError
@@ -42,6 +42,16 @@ _ORIENTATION_NAMES = {
     6: "rotated 90 clockwise",
     7: "transversed",
     8: "rotated 90 counter-clockwise",
+}
+# How each orientation turns the stored pixels into the view (what PIL.ImageOps.exif_transpose does).
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
 }
 # Channels of PIL modes (what VOC `<depth>` counts); unknown modes: their bands.
 _MODE_CHANNELS = {"1": 1, "L": 1, "P": 1, "I": 1, "F": 1, "I;16": 1, "LA": 2, "PA": 2, "RGBA": 4, "CMYK": 4}
@@ -85,21 +95,38 @@ def _orientation(im: Image.Image) -> int:
     return value if isinstance(value, int) and value in _ORIENTATION_NAMES else 1
 
 
+def _orients_itself(im: Image.Image) -> bool:
+    """PIL's TIFF reader applies the orientation tag itself: its size is already the oriented
+    one, and the pixels are turned when they are loaded (on most paths; see
+    `_pending_orientation`)."""
+    return im.format == "TIFF"
+
+
+def _pending_orientation(im: Image.Image) -> int:
+    """The orientation still to apply to the pixels of a loaded image: the EXIF one, or for a
+    TIFF the orientation tag PIL left in place (it removes the tag when it turned the pixels)."""
+    if not _orients_itself(im):
+        return _orientation(im)
+    value = getattr(im, "tag_v2", {}).get(ORIENTATION_TAG, 1)
+    return value if isinstance(value, int) and value in _ORIENTATION_NAMES else 1
+
+
 def _describe(exc: BaseException) -> str:
     text = " ".join(str(exc).split())  # one line
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def probe_image(path: str | Path, decode: bool = False) -> ImageInfo:
-    """The `ImageInfo` of an image file from its header, or after decoding every pixel
-    (`decode`: finds truncated and corrupt files). Raises DatasetError naming the file (kind
+    """The `ImageInfo` of an image file from its header; with `decode` every pixel is decoded
+    first (`read_image`: finds truncated and corrupt files). Raises DatasetError naming the file (kind
     `missing_image` or `unreadable_image`)."""
     path = Path(path)
+    if decode:
+        read_image(path)  # every pixel, with the same checks as training
     try:
         with Image.open(path) as im:
-            if decode:
-                im.load()
             width, height = im.size
+            pre_oriented = _orients_itself(im)
             info = ImageInfo(
                 width=int(width),
                 height=int(height),
@@ -113,9 +140,9 @@ def probe_image(path: str | Path, decode: bool = False) -> ImageInfo:
     except Image.DecompressionBombError as exc:
         raise DatasetError(path, f"too large to read: {_describe(exc)}", kind="unreadable_image") from exc
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError, struct.error...)
-        what = "does not decode" if decode else "cannot read the image header"
-        raise DatasetError(path, f"{what}: {_describe(exc)}", kind="unreadable_image") from exc
-    if info.orientation in _TRANSPOSING:
+        detail = f"cannot read the image header: {_describe(exc)}"
+        raise DatasetError(path, detail, kind="unreadable_image") from exc
+    if info.orientation in _TRANSPOSING and not pre_oriented:
         info = replace(info, width=info.height, height=info.width)
     return info
 
@@ -151,8 +178,12 @@ def read_image(path: str | Path) -> Tensor:
     path = Path(path)
     try:
         with Image.open(path) as im:
+            header = im.size
+            if not _orients_itself(im) and _orientation(im) in _TRANSPOSING:
+                header = header[1], header[0]  # the size the view will have
             im.load()
-            oriented = ImageOps.exif_transpose(im) if _orientation(im) != 1 else im
+            pending = _pending_orientation(im)
+            oriented = im.transpose(_TRANSPOSE[pending]) if pending in _TRANSPOSE else im
             eight = to_8bit(oriented)
             rgb = eight if eight.mode == "RGB" else eight.convert("RGB")
             array = np.asarray(rgb, dtype=np.uint8)
@@ -164,4 +195,11 @@ def read_image(path: str | Path) -> Tensor:
         raise DatasetError(path, f"cannot decode image: {_describe(exc)}", kind="unreadable_image") from exc
     if array.ndim != 3 or array.shape[2] != 3:  # pragma: no cover - convert("RGB") guarantees it
         raise DatasetError(path, f"decoded to an unexpected shape {array.shape}", kind="unreadable_image")
+    if (array.shape[1], array.shape[0]) != header:  # a corrupt file whose header and pixels disagree
+        raise DatasetError(
+            path,
+            f"cannot decode image: decoded to {array.shape[1]}x{array.shape[0]} pixels but its header "
+            f"says {header[0]}x{header[1]}",
+            kind="unreadable_image",
+        )
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
