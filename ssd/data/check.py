@@ -16,8 +16,10 @@ A problem has a `kind` (the keys of `KINDS`), a severity and the file at fault:
 How it finds *all* problems: the readers run in collecting mode (a `problems` list: per-file
 and per-object problems are appended instead of raised), then annotation-level checks run on
 the parsed records (boxes: non-finite, non-positive size, outside the image, duplicated; no box
-at all), then image-level checks (header: missing, unreadable, size and channels against the
-annotation; with `decode` every image is fully decoded, which finds truncated files).
+at all), then image-level checks (header: missing, unreadable or too large, size (after the EXIF
+orientation) and channels against the annotation, EXIF orientation, more than 8 bits per
+sample; with `decode` every image is fully decoded by the training reader
+`ssd.data.image.read_image`, which finds truncated files).
 
 Boxes are xyxy in pixels of the original image (`Record.boxes_px`); a box is inside the image
 when 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height.
