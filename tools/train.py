@@ -94,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         print_json(summary)
     else:
         print(f"done: {result.iteration} iterations, best mAP {result.best_map}, run in {result.output_dir}")
+        if result.skipped_images:
+            names = ", ".join(sorted(result.skipped_images))
+            n = len(result.skipped_images)
+            print(f"{n} unreadable training image(s) replaced (data.skip_invalid): {names}")
     return 0
 
 
