@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -39,17 +39,30 @@ class Targets:
 @dataclass
 class Batch:
     """A collated batch: `images` [B, 3, S, S] float (normalised), targets in input-relative xyxy,
-    `image_ids` and `orig_sizes` [B, 2] as (height, width) of the original images."""
+    `image_ids` and `orig_sizes` [B, 2] as (height, width) of the original images.
+
+    Images that could not be read travel with the batch instead of being raised inside a
+    DataLoader worker (where the error would arrive wrapped): `skipped` holds the errors
+    (`ssd.data.records.DatasetError`, naming the file) of images left out under
+    `data.skip_invalid` (replaced by another sample in training), `errors` those of images that
+    make the batch unusable; `ssd.data.loader.checked` raises the first of them."""
 
     images: Tensor
     targets: Targets
     image_ids: list[str]
     orig_sizes: Tensor
+    skipped: list[Exception] = field(default_factory=list)
+    errors: list[Exception] = field(default_factory=list)
 
     def pin_memory(self) -> Batch:
         """Page-locked copies (called by DataLoader(pin_memory=True))."""
         return Batch(
-            self.images.pin_memory(), self.targets.pin_memory(), self.image_ids, self.orig_sizes.pin_memory()
+            self.images.pin_memory(),
+            self.targets.pin_memory(),
+            self.image_ids,
+            self.orig_sizes.pin_memory(),
+            self.skipped,
+            self.errors,
         )
 
 

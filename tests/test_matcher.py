@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ssd.boxes import cxcywh_to_xyxy
-from ssd.priors.matcher import match, pad_targets
+from ssd.priors.matcher import MatchResult, iou_matrix, match, match_from_iou, pad_targets
 
 
 def loop_iou(a: list[float], b: list[float]) -> float:
@@ -197,3 +197,71 @@ def test_pad_targets() -> None:
     assert out_boxes.shape == (3, 3, 4) and out_labels.dtype == torch.long
     assert valid.tolist() == [[True, True, False], [False, False, False], [True, True, True]]
     assert torch.equal(out_boxes[0, :2], boxes[0]) and torch.equal(out_labels[2], torch.tensor([3, 1, 2]))
+
+
+def _random_targets(counts: list[int], seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    boxes, labels = [], []
+    for n in counts:
+        wh = torch.rand(n, 2, generator=g) * 0.3 + 0.02
+        xy = torch.rand(n, 2, generator=g) * (1 - wh)
+        boxes.append(torch.cat([xy, xy + wh], 1))
+        labels.append(torch.randint(1, 5, (n,), generator=g))
+    return boxes, labels
+
+
+def _padded_reference(
+    boxes: list[torch.Tensor], labels: list[torch.Tensor], priors: torch.Tensor, thr: float
+) -> MatchResult:
+    """The whole batch padded to its largest count and matched at once."""
+
+    gt, gt_labels, valid = pad_targets(boxes, labels, priors.device)
+    return match_from_iou(iou_matrix(gt, valid, priors), gt, gt_labels, valid, thr)
+
+
+@pytest.mark.parametrize("budget", [1, 700, 10**9])
+def test_grouped_chunked_matching_equals_the_padded_batch(budget: int) -> None:
+    priors = torch.rand(90, 4) * 0.5 + 0.05
+    counts = [0, 3, 57, 1, 0, 8, 2]
+    boxes, labels = _random_targets(counts, 3)
+    got = match(boxes, labels, priors, 0.4, max_iou_elements=budget)
+    ref = _padded_reference(boxes, labels, priors, 0.4)
+    assert torch.equal(got.labels, ref.labels) and torch.equal(got.gt_index, ref.gt_index)
+    assert torch.equal(got.boxes, ref.boxes) and torch.equal(got.iou, ref.iou)
+
+
+def test_matcher_memory_follows_each_images_boxes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # one crowded image among normal ones: the IoU is never computed for the padded batch
+    # (images x largest count), and never for more than the budget at once
+    import ssd.priors.matcher as matcher
+
+    calls: list[tuple[int, int]] = []
+    real = matcher.box_iou
+
+    def recording(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        calls.append((int(a.shape[0]), int(b.shape[0])))
+        return real(a, b)
+
+    monkeypatch.setattr(matcher, "box_iou", recording)
+    priors = torch.rand(1000, 4) * 0.5 + 0.05
+    counts = [2, 500, 3, 1, 4, 2, 3, 1]
+    boxes, labels = _random_targets(counts, 4)
+    result = match(boxes, labels, priors, 0.5, max_iou_elements=60_000)
+    rows = sum(r for r, _ in calls)
+    assert rows <= 2 * sum(counts) + len(counts)  # padding at most doubles the boxes
+    assert max(r * p for r, p in calls) <= 60_000  # chunked to the budget
+    ref = _padded_reference(boxes, labels, priors, 0.5)
+    assert torch.equal(result.gt_index, ref.gt_index) and torch.equal(result.labels, ref.labels)
+    calls.clear()
+    match(boxes, labels, priors, 0.5)  # default budget: the crowded image in one chunk of its own
+    assert max(r for r, _ in calls) == 500 and sum(r for r, _ in calls) <= 2 * sum(counts) + len(counts)
+
+
+def test_match_groups() -> None:
+    from ssd.priors.matcher import match_groups
+
+    assert match_groups([3, 1, 2, 2]) == [[1, 2, 3, 0]]
+    assert match_groups([2, 5000, 3, 0]) == [[3, 0, 2], [1]]
+    assert match_groups([]) == []
+    groups = match_groups([7, 7, 300, 40, 1, 0, 0, 2])
+    assert sorted(i for g in groups for i in g) == list(range(8))

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             return fail(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
 
     import ssd
-    from ssd.data.loader import build_train_loader
+    from ssd.data.loader import build_train_loader, checked
 
     try:
         cfg = config_from_args(args)
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = ssd.config.replace(cfg, **changes)
         t0 = time.perf_counter()
         loader = build_train_loader(cfg)
-        batches = iter(loader)
+        batches = checked(loader)  # an unreadable image: its DatasetError
         first = next(batches)
         first_batch_s = time.perf_counter() - t0
         for _ in range(max(args.warmup - 1, 0)):

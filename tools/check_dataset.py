@@ -6,8 +6,10 @@
 Reads the dataset of the config the way training does (``ssd.data.check``): the annotations
 (XML/JSON that does not parse, missing or mistyped fields, unknown class labels, boxes with
 non-positive size, boxes outside the image, duplicate boxes, annotations without boxes), the
-pairing of images and annotations, and every image's header (missing or unreadable file, size
-or channels differing from the annotation); ``--decode`` decodes every pixel too (finds
+pairing of images and annotations, and every image's header (missing or unreadable file, too
+large for the decompression-bomb guard, size or channels differing from the annotation, an EXIF
+orientation, which is applied when images are read, more than 8 bits per sample, which are
+scaled to 8); ``--decode`` decodes every pixel too, with the reader training uses (finds
 truncated files; slower). Prints a table of the problems at ``--show`` severity or worse
 (default: warning; the info-level quirks are only counted) and a summary per kind; ``--json``
 prints the full report instead; ``--output-dir`` writes check_report.json and check_report.md.

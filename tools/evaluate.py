@@ -178,6 +178,14 @@ def evaluate_checkpoint_cli(args: argparse.Namespace) -> int:
     sources = {"config": str(args.config), "checkpoint": str(args.checkpoint), "split": split}
     summary.update(sources)
     _emit(summary, result, args, sources)
+    skipped = summary.get("skipped_images") or []
+    if skipped:  # data.skip_invalid: scored without them
+        print(
+            f"ssd-evaluate: warning: {len(skipped)} image(s) could not be used and were not scored:",
+            file=sys.stderr,
+        )
+        for entry in skipped:
+            print(f"  {entry['file']}: {entry['problem']}", file=sys.stderr)
     return 0
 
 

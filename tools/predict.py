@@ -1,4 +1,14 @@
-"""Draw detections on images: `tools/predict.py --config CFG --checkpoint CKPT IMAGES... --output-dir DIR`."""
+"""Draw detections on images: `tools/predict.py --config CFG --checkpoint CKPT IMAGES... --output-dir DIR`.
+
+Images are read as training reads them (`ssd.data.image.read_image`: EXIF orientation applied,
+16-bit scaled to 8 bit, any PIL failure a one-line error naming the file). An image that cannot
+be read is reported on stderr (and in --json) and the others are still drawn. Outputs are PNGs
+named after the input's stem; when two inputs share a stem the later ones get their extension
+and, if needed, a number (`x.png`, `x_jpg.png`, `x_jpg_2.png`).
+
+Exit status: 0 every image drawn, 1 some images could not be read (the rest were drawn),
+2 usage, config or checkpoint error, or --output-dir is not a usable folder.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +18,38 @@ from pathlib import Path
 
 from tools.common import USAGE_ERRORS, add_config_args, config_from_args, fail, print_json, setup_logging
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def _collect(paths: list[str]) -> list[Path]:
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
         elif p.is_file():
             files.append(p)
         else:
             raise FileNotFoundError(f"{p}: no such image or folder")
     return files
+
+
+def output_names(files: list[Path]) -> list[str]:
+    """A distinct output file name per input (compared case-insensitively): `stem.png`, then
+    `stem_ext.png`, then `stem_ext_2.png`, ... for inputs whose stem is taken."""
+    used: set[str] = set()
+    names = []
+    for f in files:
+        ext = f.suffix.lstrip(".").lower()
+        candidates = [f"{f.stem}.png", f"{f.stem}_{ext}.png"] if ext else [f"{f.stem}.png"]
+        name = next((c for c in candidates if c.lower() not in used), None)
+        k = 2
+        while name is None:
+            c = f"{f.stem}_{ext}_{k}.png" if ext else f"{f.stem}_{k}.png"
+            name = c if c.lower() not in used else None
+            k += 1
+        used.add(name.lower())
+        names.append(name)
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,34 +64,46 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
 
-    from torchvision.io import decode_image, write_png
-    from torchvision.io.image import ImageReadMode
+    from PIL import Image
     from torchvision.utils import draw_bounding_boxes
 
+    from ssd.data.image import read_image
+    from ssd.data.records import DatasetError
     from ssd.detector import Detector
 
+    out_dir = Path(args.output_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        return fail(f"--output-dir {out_dir}: exists and is not a folder")
     try:
         cfg = config_from_args(args)
         files = _collect(args.images)
         detector = Detector(cfg, args.checkpoint, device=args.device)
     except USAGE_ERRORS as exc:
         return fail(str(exc))
-    out_dir = Path(args.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return fail(f"--output-dir {out_dir}: cannot create the folder: {exc.strerror or exc}")
     names = cfg.data.classes
-    summary = []
-    for f in files:
+    summary: list[dict[str, object]] = []
+    failed = 0
+    for f, out_name in zip(files, output_names(files), strict=True):
         try:
-            image = decode_image(str(f), mode=ImageReadMode.RGB)
-        except (RuntimeError, ValueError) as exc:
-            print(f"warning: {f}: cannot decode image: {exc}", file=sys.stderr)
+            image = read_image(f)
+        except DatasetError as exc:
+            print(f"warning: {exc}; skipped", file=sys.stderr)
+            summary.append({"image": str(f), "error": exc.detail})
+            failed += 1
             continue
         det = detector([image])[0]
         keep = det.scores >= args.score
         labels = [f"{names[int(c) - 1]} {s:.2f}" for c, s in zip(det.labels[keep], det.scores[keep])]
         drawn = draw_bounding_boxes(image, det.boxes[keep], labels=labels, colors="red", width=3)
-        target = out_dir / f"{f.stem}.png"
-        write_png(drawn, str(target))
+        target = out_dir / out_name
+        try:
+            Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(target, format="PNG")
+        except OSError as exc:
+            return fail(f"{target}: cannot write: {exc.strerror or exc}")
         summary.append({
             "image": str(f),
             "output": str(target),
@@ -74,9 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print_json(summary)
     else:
-        n = sum(len(s["detections"]) for s in summary)  # type: ignore[arg-type]
-        print(f"{len(summary)} images, {n} detections drawn into {out_dir}")
-    return 0
+        drawn_n = len(summary) - failed
+        n = sum(len(s.get("detections", [])) for s in summary)  # type: ignore[arg-type]
+        skipped = f"; {failed} could not be read (see the warnings)" if failed else ""
+        print(f"{drawn_n} images, {n} detections drawn into {out_dir}{skipped}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

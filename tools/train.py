@@ -87,12 +87,17 @@ def main(argv: list[str] | None = None) -> int:
         "best_map": result.best_map,
         "final_metrics": result.final_metrics,
         "skipped_steps": result.skipped_steps,
+        "skipped_images": result.skipped_images,
         "learned_config": str(result.learned_config) if result.learned_config else None,
     }
     if args.json:
         print_json(summary)
     else:
         print(f"done: {result.iteration} iterations, best mAP {result.best_map}, run in {result.output_dir}")
+        if result.skipped_images:
+            names = ", ".join(sorted(result.skipped_images))
+            n = len(result.skipped_images)
+            print(f"{n} unreadable training image(s) replaced (data.skip_invalid): {names}")
     return 0
 
 

@@ -16,8 +16,10 @@ A problem has a `kind` (the keys of `KINDS`), a severity and the file at fault:
 How it finds *all* problems: the readers run in collecting mode (a `problems` list: per-file
 and per-object problems are appended instead of raised), then annotation-level checks run on
 the parsed records (boxes: non-finite, non-positive size, outside the image, duplicated; no box
-at all), then image-level checks (header: missing, unreadable, size and channels against the
-annotation; with `decode` every image is fully decoded, which finds truncated files).
+at all), then image-level checks (header: missing, unreadable or too large, size (after the EXIF
+orientation) and channels against the annotation, EXIF orientation, more than 8 bits per
+sample; with `decode` every image is fully decoded by the training reader
+`ssd.data.image.read_image`, which finds truncated files).
 
 Boxes are xyxy in pixels of the original image (`Record.boxes_px`); a box is inside the image
 when 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height.
@@ -34,10 +36,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image
 
 from ssd.config import Config, ConfigError
 from ssd.data.coco import read_coco_records
+from ssd.data.image import probe_image
 from ssd.data.labelme import read_labelme_records
 from ssd.data.records import IMAGE_EXTENSIONS, DatasetError, Record
 from ssd.data.voc import ANNOTATION_DIRS, IMAGE_DIRS, read_voc_records
@@ -74,6 +76,12 @@ KINDS: dict[str, tuple[Severity, str]] = {
     "filename_mismatch": ("warning", "VOC <filename> names another file than the image paired by stem"),
     "filename_without_extension": ("info", "VOC <filename> is the paired image's name without extension"),
     "channel_mismatch": ("info", "VOC <depth> differs from the image's channels (images are read as RGB)"),
+    "exif_orientation": (
+        "warning",
+        "an image with an EXIF orientation: read rotated/flipped as viewers show it; boxes and the stated "
+        "size must refer to that view",
+    ),
+    "high_bit_depth": ("info", "more than 8 bits per sample (e.g. a 16-bit PNG): scaled to 8 bit when read"),
 }
 
 
@@ -303,44 +311,47 @@ def check_record(
     return out
 
 
-# Channels of PIL modes (what `<depth>` counts).
-_MODE_CHANNELS = {"1": 1, "L": 1, "P": 1, "I": 1, "F": 1, "I;16": 1, "LA": 2, "PA": 2, "RGBA": 4, "CMYK": 4}
-
-
 def inspect_image(path: Path, decode: bool = False) -> tuple[int, int, int]:
-    """(width, height, channels) of an image file: from its header, or after decoding every
-    pixel (`decode`: finds truncated and corrupt files). Raises DatasetError naming the file
-    (kind missing_image or unreadable_image)."""
-    try:
-        with Image.open(path) as im:
-            if decode:
-                im.load()
-            width, height = im.size
-            channels = _MODE_CHANNELS.get(im.mode, len(im.getbands()))
-    except FileNotFoundError as exc:
-        raise DatasetError(path, "image file not found", kind="missing_image") from exc
-    except Exception as exc:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError, ...)
-        what = "does not decode" if decode else "cannot read the image header"
-        raise DatasetError(path, f"{what}: {type(exc).__name__}: {exc}", kind="unreadable_image") from exc
-    return int(width), int(height), channels
+    """(width, height, channels) of an image file as it is read (EXIF orientation applied):
+    from its header, or after decoding every pixel (`decode`: finds truncated and corrupt
+    files). Raises DatasetError naming the file (kind missing_image or unreadable_image)."""
+    info = probe_image(path, decode)
+    return info.width, info.height, info.channels
 
 
 def check_image(rec: Record, decode: bool = False, split: str | None = None) -> list[Problem]:
     """Image-level problems of one record: missing or unreadable file (not decoding with
-    `decode`), size differing from the annotation's, `<depth>` differing from the channels."""
+    `decode`; too large for PIL's decompression-bomb guard), size differing from the
+    annotation's (compared with the size after the EXIF orientation), `<depth>` differing from
+    the channels, an EXIF orientation (applied when read), more than 8 bits per sample."""
     try:
-        width, height, channels = inspect_image(rec.image_path, decode)
+        info = probe_image(rec.image_path, decode)
     except DatasetError as exc:
         return [_problem(exc.kind, exc.path, exc.detail, split, rec.image_id)]
     out = []
     file = rec.annotation_path or rec.image_path
     name = rec.image_path.name
+    width, height = info.width, info.height
     if rec.width > 0 and (rec.width, rec.height) != (width, height):
         detail = f"annotation says {rec.width}x{rec.height} but {name} is {width}x{height}"
+        if info.orientation != 1:
+            detail += f" as read (EXIF orientation {info.orientation}, {info.orientation_name}, applied)"
+            if (rec.width, rec.height) == info.stored_size:
+                detail += "; the annotation gives the stored size: were the boxes drawn on the stored pixels?"
         out.append(_problem("size_mismatch", file, detail, split, rec.image_id))
-    if rec.depth is not None and rec.depth != channels:
-        detail = f"<depth> {rec.depth} but {name} has {channels} channels (read as RGB)"
+    if rec.depth is not None and rec.depth != info.channels:
+        detail = f"<depth> {rec.depth} but {name} has {info.channels} channels (read as RGB)"
         out.append(_problem("channel_mismatch", file, detail, split, rec.image_id))
+    if info.orientation != 1:
+        sw, sh = info.stored_size
+        detail = (
+            f"EXIF orientation {info.orientation} ({info.orientation_name}): the stored {sw}x{sh} pixels are "
+            f"read as {width}x{height}; boxes must refer to that view"
+        )
+        out.append(_problem("exif_orientation", rec.image_path, detail, split, rec.image_id))
+    if info.high_bit_depth:
+        detail = f"PIL mode {info.mode}: more than 8 bits per sample, scaled to 8 bit when read"
+        out.append(_problem("high_bit_depth", rec.image_path, detail, split, rec.image_id))
     return out
 
 
@@ -484,13 +495,17 @@ def clean_record(rec: Record, box_outside: BoxOutside = "clip") -> Record:
     return replace(rec, boxes_px=boxes, labels=np.asarray(rec.labels)[keep], difficult=difficult[keep])
 
 
-def usable_records(cfg: Config, split: str, *, images: bool = False) -> list[Record]:
+def usable_records(
+    cfg: Config, split: str, *, images: bool = False, left_out: list[DatasetError] | None = None
+) -> list[Record]:
     """The records of `split`, checked and cleaned (`clean_record`): the annotations, and with
     `images` the image files too (headers; every pixel with `data.check_decode`).
 
     A split with fatal problems is refused with a DatasetError naming the dataset and listing
     the first problems, unless `data.skip_invalid`: then the bad samples are left out and
-    logged (how many and which). Raises DatasetError when no usable sample is left."""
+    logged (how many and which), and with a `left_out` list the first fatal problem of each is
+    appended to it as a DatasetError (naming the file, with the sample's id). Raises
+    DatasetError when no usable sample is left."""
     d = cfg.data
     scan = check_split(cfg, split, images=images, decode=d.check_decode)
     fatal = scan.fatal
@@ -505,6 +520,10 @@ def usable_records(cfg: Config, split: str, *, images: bool = False) -> list[Rec
             kind=fatal[0].kind,
         )
     records = [clean_record(r, d.box_outside) for r in scan.records if r.image_id not in bad]
+    if left_out is not None:
+        first = {p.sample: p for p in reversed(fatal) if p.sample is not None}
+        for sample, q in sorted(first.items()):
+            left_out.append(DatasetError(q.file, q.detail, kind=q.kind, image_id=sample))
     if fatal:
         kinds = {s: sorted({p.kind for p in fatal if p.sample == s}) for s in sorted(bad)}
         shown = ", ".join(f"{s} ({', '.join(k)})" for s, k in list(kinds.items())[:20])

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ssd.config import Config, ConfigError
 from ssd.data.check import check_split, summarize, usable_records
+from ssd.data.image import read_image
 from ssd.data.records import DatasetError, Record
 from ssd.data.transforms import build_transforms
 from ssd.structures import Batch, Targets
@@ -44,7 +44,13 @@ def derive_seed(*parts: int) -> int:
 # --------------------------------------------------------------------------- records
 
 
-def build_records(cfg: Config, split: Split | str, *, open_images: bool = False) -> list[Record]:
+def build_records(
+    cfg: Config,
+    split: Split | str,
+    *,
+    open_images: bool = False,
+    left_out: list[DatasetError] | None = None,
+) -> list[Record]:
     """The annotation records of `split` ("train" or "val") of the configured dataset, checked
     and cleaned by `ssd.data.check.usable_records`.
 
@@ -58,7 +64,8 @@ def build_records(cfg: Config, split: Split | str, *, open_images: bool = False)
     Every annotation is checked (and with `open_images` every image header, or every pixel
     with `data.check_decode`; otherwise no image is opened unless an annotation lacks the size):
     a split with fatal problems raises a DatasetError listing them, unless `data.skip_invalid`
-    (the bad samples are then left out and logged); boxes are clipped to the image
+    (the bad samples are then left out, logged, and appended to `left_out` as DatasetErrors when
+    a list is given); boxes are clipped to the image
     (`data.box_outside: clip`) and exact duplicate boxes removed. Raises DatasetError when no
     usable sample is left.
     """
@@ -66,7 +73,7 @@ def build_records(cfg: Config, split: Split | str, *, open_images: bool = False)
         raise ConfigError(f"split must be 'train' or 'val', got {split!r}")
     if cfg.data.format == "synthetic":
         ensure_synthetic(cfg)
-    return usable_records(cfg, split, images=open_images)
+    return usable_records(cfg, split, images=open_images, left_out=left_out)
 
 
 def ensure_synthetic(cfg: Config) -> None:
@@ -112,7 +119,8 @@ def ensure_synthetic(cfg: Config) -> None:
 class Sample:
     """One transformed image: `image` float [3, S, S] normalised, `boxes` [G, 4] xyxy relative
     [0, 1] to the network input, `labels` [G] int64 in 1..C-1, `difficult` [G] bool, `image_id`,
-    `orig_size` (height, width) of the original image in pixels."""
+    `orig_size` (height, width) of the original image in pixels; `skipped` the errors of
+    unusable samples this one replaced (training with `data.skip_invalid`)."""
 
     image: Tensor
     boxes: Tensor
@@ -120,27 +128,28 @@ class Sample:
     difficult: Tensor
     image_id: str
     orig_size: tuple[int, int]
+    skipped: list[DatasetError] = field(default_factory=list)
 
 
 def load_image(path: Path) -> Tensor:
-    """Decode an image file to uint8 RGB [3, H, W] with PIL (grayscale/palette/CMYK converted to
-    RGB). Raises DatasetError naming the file when it is missing, unreadable, truncated or
-    corrupt. (torchvision.io's decoders are deprecated since torchvision 0.29.)"""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            rgb = im.convert("RGB") if im.mode != "RGB" else im
-            array = np.asarray(rgb, dtype=np.uint8)
-    except FileNotFoundError as exc:
-        raise DatasetError(path, "cannot read image: file not found") from exc
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-        raise DatasetError(path, f"cannot decode image: {exc}") from exc
-    if array.ndim != 3 or array.shape[2] != 3:
-        raise DatasetError(path, f"decoded to an unexpected shape {array.shape}")
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+    """Decode an image file to uint8 RGB [3, H, W] (`ssd.data.image.read_image`: EXIF
+    orientation applied, 16-bit scaled to 8, grey/palette/CMYK to RGB). Raises DatasetError
+    naming the file when it is missing, unreadable, truncated, corrupt or too large."""
+    return read_image(path)
 
 
-class DetectionDataset(Dataset[Sample]):
+@dataclass
+class LoadFailure:
+    """A sample whose image could not be used, returned by `DetectionDataset` (with
+    `return_failures`) instead of raised: it reaches the main process intact through any number
+    of DataLoader workers (a raised error would arrive as a RuntimeError wrapping a traceback).
+    `skipped`: left out under `data.skip_invalid`; otherwise the batch is unusable."""
+
+    error: DatasetError
+    skipped: bool
+
+
+class DetectionDataset(Dataset[Sample | LoadFailure]):
     """Images + annotations of `records`, transformed by `transform` (see
     `ssd.data.transforms.DetectionTransform`).
 
@@ -149,55 +158,92 @@ class DetectionDataset(Dataset[Sample]):
     pure function of it (torch's global RNG is forked, seeded, and restored afterwards).
     The decoded image must have the size the annotation states (DatasetError otherwise).
 
-    `skip_invalid`: an image that turns out unusable only when it is decoded (a truncated file
-    whose header was fine) is logged and replaced by the next record (index + 1, + 2, ...) with
-    the same item seed, so the stream stays a pure function of (seed, iteration); without it
-    the DatasetError naming the file is raised. For training only: an evaluation pass must see
-    every image once.
+    An image that turns out unusable only when it is decoded (a truncated file whose header was
+    fine) raises the DatasetError naming the file, or with `return_failures` is returned as a
+    `LoadFailure` (what the loaders use; `collate` puts it into the batch). `skip_invalid`: the
+    failure is a skipped sample (logged); with `replace_invalid` too (training) the sample is
+    replaced by the next record (index + 1, + 2, ...) with the same item seed, so the stream
+    stays a pure function of (seed, iteration), and the replaced samples' errors travel in
+    `Sample.skipped`. An evaluation pass does not replace: it must see every image once.
     """
 
     max_replacements = 16
 
     def __init__(
-        self, records: Sequence[Record], transform: Transform, seed: int = 0, skip_invalid: bool = False
+        self,
+        records: Sequence[Record],
+        transform: Transform,
+        seed: int = 0,
+        skip_invalid: bool = False,
+        *,
+        replace_invalid: bool = True,
+        return_failures: bool = False,
     ) -> None:
         self.records = list(records)
         self.transform = transform
         self.seed = seed
         self.skip_invalid = skip_invalid
+        self.replace_invalid = replace_invalid
+        self.return_failures = return_failures
+        # samples left out before this dataset was built (build_eval_loader), for reporting
+        self.left_out: list[DatasetError] = []
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> Sample:
+    def __getitem__(self, key: int | tuple[int, int]) -> Sample | LoadFailure:
         if isinstance(key, tuple):
             index, item_seed = int(key[0]), int(key[1])
         else:
             index = int(key)
             item_seed = derive_seed(self.seed, index)
+        try:
+            return self._get(index, item_seed)
+        except DatasetError as exc:
+            if not self.return_failures:
+                raise
+            return LoadFailure(exc, skipped=self.skip_invalid and not self.replace_invalid)
+
+    def _get(self, index: int, item_seed: int) -> Sample:
         if not self.skip_invalid:
             return self._load(self.records[index], item_seed)
+        if not self.replace_invalid:
+            try:
+                return self._load(self.records[index], item_seed)
+            except DatasetError as exc:
+                log.warning("%s; sample %r skipped (data.skip_invalid)", exc, self.records[index].image_id)
+                raise
         tries = min(self.max_replacements, len(self.records))
+        skipped: list[DatasetError] = []
         for attempt in range(tries):
             rec = self.records[(index + attempt) % len(self.records)]
             try:
-                return self._load(rec, item_seed)
+                sample = self._load(rec, item_seed)
             except DatasetError as exc:
                 log.warning("%s; sample %r skipped (data.skip_invalid)", exc, rec.image_id)
+                skipped.append(_with_sample(exc, rec))
+                continue
+            sample.skipped = skipped
+            return sample
         raise DatasetError(
             self.records[index].image_path,
             f"this sample and the {tries - 1} after it are all unusable; run tools/check_dataset.py --decode",
             kind="unreadable_image",
+            image_id=self.records[index].image_id,
         )
 
     def _load(self, rec: Record, item_seed: int) -> Sample:
-        image = load_image(rec.image_path)
+        try:
+            image = load_image(rec.image_path)
+        except DatasetError as exc:
+            raise _with_sample(exc, rec) from exc
         h, w = int(image.shape[-2]), int(image.shape[-1])
         if (rec.width, rec.height) != (w, h) and rec.width > 0:
             raise DatasetError(
                 rec.annotation_path or rec.image_path,
                 f"annotation says {rec.width}x{rec.height} but {rec.image_path} is {w}x{h}",
                 kind="size_mismatch",
+                image_id=rec.image_id,
             )
         boxes = torch.from_numpy(np.asarray(rec.boxes_px, np.float32)).reshape(-1, 4)
         labels = torch.from_numpy(np.asarray(rec.labels, np.int64)).reshape(-1)
@@ -208,21 +254,49 @@ class DetectionDataset(Dataset[Sample]):
         return Sample(img, boxes_rel, labels, difficult, rec.image_id, (h, w))
 
 
-def collate(samples: Sequence[Sample], use_difficult: bool = False) -> Batch:
+def _with_sample(exc: DatasetError, rec: Record) -> DatasetError:
+    if exc.image_id is None:
+        exc.image_id = rec.image_id
+    return exc
+
+
+def collate(samples: Sequence[Sample | LoadFailure], use_difficult: bool = False) -> Batch:
     """Stack samples into a `Batch`: images [B, 3, S, S], targets per image (boxes xyxy
     relative, labels; difficult boxes dropped unless `use_difficult`), image ids and
-    `orig_sizes` [B, 2] float32 (height, width)."""
+    `orig_sizes` [B, 2] float32 (height, width). `LoadFailure`s are left out of the stacked
+    tensors and listed in `Batch.skipped` or `Batch.errors`, with the errors of the samples a
+    training sample replaced (`Sample.skipped`)."""
+    good = [s for s in samples if isinstance(s, Sample)]
+    failures = [s for s in samples if isinstance(s, LoadFailure)]
     boxes, labels = [], []
-    for s in samples:
+    for s in good:
         keep = torch.ones_like(s.difficult) if use_difficult else ~s.difficult
         boxes.append(s.boxes[keep].to(torch.float32))
         labels.append(s.labels[keep].to(torch.int64))
+    skipped: list[Exception] = [e for s in good for e in s.skipped]
+    skipped += [f.error for f in failures if f.skipped]
+    if good:
+        images = torch.stack([s.image for s in good])
+    else:  # every image of the batch failed
+        images = torch.zeros(0, 3, 1, 1)
     return Batch(
-        images=torch.stack([s.image for s in samples]),
+        images=images,
         targets=Targets(boxes, labels),
-        image_ids=[s.image_id for s in samples],
-        orig_sizes=torch.tensor([s.orig_size for s in samples], dtype=torch.float32).reshape(-1, 2),
+        image_ids=[s.image_id for s in good],
+        orig_sizes=torch.tensor([s.orig_size for s in good], dtype=torch.float32).reshape(-1, 2),
+        skipped=skipped,
+        errors=[f.error for f in failures if not f.skipped],
     )
+
+
+def checked(batches: Iterable[Batch]) -> Iterator[Batch]:
+    """The batches of a loader, raising the first error a batch carries (`Batch.errors`: an
+    image that could not be read, without `data.skip_invalid`) as the DatasetError naming the
+    file, in the main process."""
+    for batch in batches:
+        if batch.errors:
+            raise batch.errors[0]
+        yield batch
 
 
 # --------------------------------------------------------------------------- sampling
@@ -311,18 +385,23 @@ def _loader_kwargs(cfg: Config) -> dict[str, Any]:
 
 def build_train_loader(
     cfg: Config, start_iteration: int = 0, rank: int = 0, world_size: int = 1
-) -> DataLoader[Sample]:
+) -> DataLoader[Sample | LoadFailure]:
     """Infinite training loader (augmentation on), batches of `train.batch_size` starting at
     iteration `start_iteration` (see `TrainBatchSampler`). Yields `Batch`es.
 
     Data-parallel: `train.batch_size` is per process; process `rank` of `world_size` gets its
-    slice of the global stream of batch `train.batch_size * world_size`."""
+    slice of the global stream of batch `train.batch_size * world_size`.
+
+    An image that does not decode is replaced with `data.skip_invalid` (its error listed in
+    `Batch.skipped`), otherwise its error is in `Batch.errors` (iterate through `checked`)."""
     records = build_records(cfg, "train", open_images=True)
     _refuse_bad_val(cfg)
     transform = build_transforms(
         cfg.augment, cfg.priors.image_size, cfg.input.mean, cfg.input.std, train=True
     )
-    dataset = DetectionDataset(records, transform, seed=cfg.seed, skip_invalid=cfg.data.skip_invalid)
+    dataset = DetectionDataset(
+        records, transform, seed=cfg.seed, skip_invalid=cfg.data.skip_invalid, return_failures=True
+    )
     sampler = TrainBatchSampler(
         len(dataset), cfg.train.batch_size * world_size, cfg.seed, start_iteration, rank, world_size
     )
@@ -345,13 +424,27 @@ def _refuse_bad_val(cfg: Config) -> None:
         )
 
 
-def build_eval_loader(cfg: Config, split: Split | str = "val") -> DataLoader[Sample]:
+def build_eval_loader(cfg: Config, split: Split | str = "val") -> DataLoader[Sample | LoadFailure]:
     """One ordered pass over `split` (resize only), batches of `eval.batch_size`. Yields
     `Batch`es; `loader.dataset.records` are the records in loader order (with
-    `data.skip_invalid`, samples whose image is unusable are left out)."""
-    records = build_records(cfg, split, open_images=True)
+    `data.skip_invalid`, samples whose annotation or image header is unusable are left out and
+    listed in `loader.dataset.left_out`, a DatasetError each).
+
+    An image that does not decode (a truncated file whose header was fine) is not replaced:
+    with `data.skip_invalid` it is left out of its batch and listed in `Batch.skipped`,
+    otherwise its error is in `Batch.errors` (iterate through `checked` to raise it)."""
+    left_out: list[DatasetError] = []
+    records = build_records(cfg, split, open_images=True, left_out=left_out)
     transform = build_transforms(
         cfg.augment, cfg.priors.image_size, cfg.input.mean, cfg.input.std, train=False
     )
-    dataset = DetectionDataset(records, transform, seed=cfg.seed)
+    dataset = DetectionDataset(
+        records,
+        transform,
+        seed=cfg.seed,
+        skip_invalid=cfg.data.skip_invalid,
+        replace_invalid=False,
+        return_failures=True,
+    )
+    dataset.left_out = left_out
     return DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False, **_loader_kwargs(cfg))

@@ -104,17 +104,12 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".
 
 
 def image_size_from_header(path: Path) -> tuple[int, int]:
-    """(width, height) of an image file from its header only (PIL opens lazily: no decoding).
+    """(width, height) of an image file as it is read (EXIF orientation applied), from its
+    header only (no decoding; see `ssd.data.image.probe_image`).
 
     Raises DatasetError naming the file when it is missing or not a readable image.
     """
-    from PIL import Image, UnidentifiedImageError
+    from ssd.data.image import probe_image
 
-    try:
-        with Image.open(path) as im:
-            width, height = im.size
-    except FileNotFoundError as exc:
-        raise DatasetError(path, "image file not found", kind="missing_image") from exc
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-        raise DatasetError(path, f"cannot read the image header: {exc}", kind="unreadable_image") from exc
-    return int(width), int(height)
+    info = probe_image(path)
+    return info.width, info.height

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ssd.config import Config, config_from_dict, config_to_dict, save_config
-from ssd.data.loader import build_train_loader
+from ssd.data.loader import build_train_loader, checked
 from ssd.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ssd.engine.distributed import DistContext, setup_distributed
 from ssd.losses import LossOutput, MultiBoxLoss
@@ -70,6 +70,9 @@ class TrainResult:
     skipped_steps: int
     history: list[dict[str, float]] = field(default_factory=list)
     learned_config: Path | None = None
+    # training samples replaced because their image could not be read (data.skip_invalid), by
+    # image id: how many times each was skipped in this process's run
+    skipped_images: dict[str, int] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -286,7 +289,8 @@ def _train(
         loader = (
             build_train_loader(cfg, start, ctx.rank, ctx.world_size) if start < cfg.train.max_iters else None
         )
-    batches: Iterator[Batch] = iter(loader) if loader is not None else iter(())
+    batches: Iterator[Batch] = checked(loader) if loader is not None else iter(())
+    skipped_images: dict[str, int] = {}
     t_last = time.perf_counter()
     try:
         with _SignalGuard() as guard:
@@ -298,6 +302,10 @@ def _train(
                     log.warning("signal %s: checkpoint written at iteration %d", by, it)
                     raise TrainingInterrupted(path, it)
                 batch = next(batches)
+                for err in batch.skipped:
+                    name = str(getattr(err, "image_id", None) or getattr(err, "path", err))
+                    skipped_images[name] = skipped_images.get(name, 0) + 1
+                    log.warning("iteration %d: %s; replaced by another sample (data.skip_invalid)", it, err)
                 model.train()
                 lr = set_lr(optimizer, cfg.train.lr, lr_factor(it, cfg))
                 images = batch.images.to(dev, non_blocking=True)
@@ -361,9 +369,13 @@ def _train(
                     metrics_file.write(json.dumps({"iteration": it, **scalars}) + "\n")
                     metrics_file.flush()
                 do_eval = it % cfg.train.eval_every == 0 or it == cfg.train.max_iters
+                if it % cfg.train.checkpoint_every == 0 or it == cfg.train.max_iters or do_eval:
+                    # before evaluating: an evaluation that fails loses nothing of the training
+                    checkpoint(it, last_path)
                 if do_eval:
                     if ctx.is_main:
-                        final_metrics = evaluate_fn(model, cfg, dev)
+                        with torch.random.fork_rng(devices=[]):  # resuming from last.pt sees the same RNG
+                            final_metrics = evaluate_fn(model, cfg, dev)
                         m = float(final_metrics["mAP"])
                         writer.add_scalar("eval/mAP", m, it)
                         for name, ap in final_metrics.get("per_class_ap", {}).items():
@@ -375,9 +387,8 @@ def _train(
                         if best_map is None or m > best_map:
                             best_map = m
                             checkpoint(it, best_path)
+                            checkpoint(it, last_path)  # last.pt knows the new best mAP
                     best_map, final_metrics = ctx.broadcast((best_map, final_metrics))  # others wait
-                if it % cfg.train.checkpoint_every == 0 or it == cfg.train.max_iters or do_eval:
-                    checkpoint(it, last_path)
     finally:
         writer.close()
         metrics_file.close()
@@ -403,6 +414,7 @@ def _train(
         skipped_steps=skipped_total,
         history=history,
         learned_config=learned_config,
+        skipped_images=skipped_images,
     )
 
 

@@ -159,13 +159,21 @@ def _is_id(value: Any) -> bool:
     return (isinstance(value, int) and not isinstance(value, bool)) or isinstance(value, str)
 
 
-def _bbox(value: Any, source: str, where: str) -> list[float]:
+def _bbox(value: Any, source: str, where: str, positive: bool = False) -> list[float]:
+    """A [x, y, w, h] box of 4 finite numbers with w, h >= 0 (> 0 with `positive`: a ground-truth
+    box of zero width or height could never be matched and would lower the AP silently)."""
     ok = isinstance(value, list | tuple) and len(value) == 4
     ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
     if not ok or not all(math.isfinite(float(v)) for v in value):
         raise DatasetError(source, f"{where}.bbox must be 4 finite numbers [x, y, w, h], got {value!r}")
     if value[2] < 0 or value[3] < 0:
         raise DatasetError(source, f"{where}.bbox has a negative width or height: {value!r}")
+    if positive and (value[2] == 0 or value[3] == 0):
+        raise DatasetError(
+            source,
+            f"{where}.bbox has zero width or height: {value!r} (a ground-truth box needs a positive size; "
+            "fix or delete the annotation)",
+        )
     return [float(v) for v in value]
 
 
@@ -215,7 +223,7 @@ def parse_coco_gt(data: Any, source: str | Path = "<coco gt>") -> CocoGroundTrut
         if cat not in label_of:
             raise DatasetError(src, f"{where}.category_id {cat!r} is not in 'categories'")
         i = index[img_id]
-        boxes[i].append(_bbox(ann.get("bbox"), src, where))
+        boxes[i].append(_bbox(ann.get("bbox"), src, where, positive=True))
         labels[i].append(label_of[cat])
         crowd[i].append(bool(ann.get("iscrowd", 0)))
     gts = [

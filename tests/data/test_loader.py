@@ -18,6 +18,7 @@ from ssd.data.loader import (
     build_eval_loader,
     build_records,
     build_train_loader,
+    checked,
     collate,
     derive_seed,
     load_image,
@@ -223,3 +224,41 @@ def test_configs_load_and_smoke_model_builds() -> None:
     assert (
         neu.data.format == "voc" and neu.data.root == "../shared/data/neu-det" and len(neu.data.classes) == 6
     )
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_undecodable_training_image_is_a_dataset_error_with_any_workers(tmp_path: Path, workers: int) -> None:
+    # the header scan passes; decoding fails inside a worker: the DatasetError naming the file
+    # reaches the main process as it is (not a RuntimeError wrapping a traceback)
+    cfg = _smoke(tmp_path, **{"data.num_workers": workers})
+    records = build_records(cfg, "train")
+    for rec in records:
+        data = rec.image_path.read_bytes()
+        rec.image_path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DatasetError, match="cannot decode image") as info:
+        next(checked(build_train_loader(cfg)))
+    assert "\n" not in str(info.value) and info.value.path in {str(r.image_path) for r in records}
+    lenient = replace(cfg, **{"data.skip_invalid": True})
+    with pytest.raises(DatasetError, match="are all unusable"):  # nothing left to replace them with
+        next(checked(build_train_loader(lenient)))
+
+
+def test_collate_carries_failures_and_replacements(tmp_path: Path) -> None:
+    recs = _records(tmp_path)
+    recs[1].image_path.write_bytes(b"broken")
+    tf = build_transforms(AugmentConfig(), 32, MEAN, STD, False)
+    strict = DetectionDataset(recs, tf, return_failures=True)
+    batch = collate([strict[i] for i in range(3)])
+    assert batch.image_ids == ["im0", "im2"] and batch.images.shape[0] == 2 and not batch.skipped
+    (err,) = batch.errors
+    assert isinstance(err, DatasetError) and err.path == str(recs[1].image_path) and err.image_id == "im1"
+    with pytest.raises(DatasetError):
+        list(checked([batch]))
+    evaluation = DetectionDataset(recs, tf, skip_invalid=True, replace_invalid=False, return_failures=True)
+    batch = collate([evaluation[i] for i in range(3)])
+    assert batch.image_ids == ["im0", "im2"] and not batch.errors and len(batch.skipped) == 1
+    assert list(checked([batch])) == [batch]
+    training = DetectionDataset(recs, tf, skip_invalid=True, return_failures=True)
+    batch = collate([training[i] for i in range(3)])
+    assert batch.image_ids == ["im0", "im2", "im2"] and not batch.errors  # im1 replaced by im2
+    assert [e.image_id for e in batch.skipped] == ["im1"]  # type: ignore[attr-defined]

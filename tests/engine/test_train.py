@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,10 @@ import torch
 from PIL import Image
 
 import ssd
-from ssd.config import Config, config_from_dict
+from ssd.config import Config, config_from_dict, replace
 from ssd.data.labelme import TIANCHI_CLASSES
+from ssd.data.loader import ensure_synthetic
+from ssd.data.records import DatasetError
 from ssd.engine.checkpoint import CheckpointError, load_checkpoint
 from ssd.engine.train import TrainingError, TrainingInterrupted, build_optimizer, lr_factor, train
 from ssd.losses import MultiBoxLoss
@@ -180,3 +183,50 @@ def test_learnable_run_exports_a_fixed_prior_config(tmp_path: Path) -> None:
     assert not torch.equal(model.priors(), initial)  # the shapes moved
     with Image.open(tmp_path / "run" / "learned_priors.png") as im:  # shapes over the GT density
         assert im.width > 100 and im.height > 100
+
+
+def _truncate(path: Path, keep: float = 0.5) -> None:
+    """Cut an image file short: its header still reads, its pixels do not decode."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def _val_images(root: Path) -> list[Path]:
+    return [root / line for line in (root / "val.txt").read_text().split()]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_undecodable_val_image_loses_no_training(tmp_path: Path, workers: int) -> None:
+    # the header scan passes; the first evaluation meets the truncated file: a DatasetError
+    # naming it (not a worker RuntimeError), and the checkpoint of that iteration exists already
+    cfg = tiny_cfg(tmp_path / "data", max_iters=4, eval_every=2, checkpoint_every=100)
+    cfg = replace(cfg, **{"data.num_workers": workers})
+    ensure_synthetic(cfg)
+    bad = _val_images(tmp_path / "data")[1]
+    _truncate(bad)
+    with pytest.raises(DatasetError, match=re.escape(str(bad))) as info:
+        train(cfg, tmp_path / "run")
+    assert "\n" not in str(info.value) and "cannot decode image" in str(info.value)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["iteration"] == 2
+
+
+def test_skip_invalid_skips_undecodable_images_in_training_and_evaluation(tmp_path: Path) -> None:
+    cfg = tiny_cfg(tmp_path / "data", max_iters=4, eval_every=2)
+    cfg = replace(cfg, **{"data.skip_invalid": True, "data.num_workers": 1})
+    ensure_synthetic(cfg)
+    root = tmp_path / "data"
+    bad_val = _val_images(root)[0]
+    _truncate(bad_val)
+    train_images = [root / line for line in (root / "train.txt").read_text().split()]
+    for p in train_images[:3]:
+        _truncate(p)
+    result = train(cfg, tmp_path / "run")
+    assert result.iteration == 4
+    # 4 iterations x 2 samples of 6 training images, 3 of them unreadable: some were replaced
+    unreadable = {p.relative_to(root).as_posix() for p in train_images[:3]}
+    assert result.skipped_images and set(result.skipped_images) <= unreadable
+    metrics = result.final_metrics
+    assert metrics is not None
+    assert metrics["num_skipped"] == 1 and metrics["num_images"] == len(_val_images(root)) - 1
+    (entry,) = metrics["skipped_images"]
+    assert entry["image_id"] == bad_val.relative_to(root).as_posix() and entry["file"] == str(bad_val)

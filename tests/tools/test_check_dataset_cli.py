@@ -143,3 +143,29 @@ def test_neu_det_command(capsys: pytest.CaptureFixture[str], monkeypatch: pytest
     assert "- train: 1440 samples, 0 unusable" in out and "- val: 360 samples, 0 unusable" in out
     listed = [line for line in out.splitlines() if line.startswith("| warning ")]
     assert len(listed) == 3 and all("duplicate_box" in line for line in listed)
+
+
+def test_bomb_header_rotated_and_16bit_images_are_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.data.test_images import STORED, bomb_png, save_with_orientation
+
+    bad = {
+        "huge": voc_xml([("crack", 1, 1, 3, 3)], size=None),  # no <size>: the header is read
+        "rot": voc_xml([("crack", 1, 1, 3, 3)], size=(4, 6)),
+        "deep": voc_xml([("crack", 1, 1, 3, 3)], size=(6, 4), depth=1),
+    }
+    root = make_voc(tmp_path / "voc", bad, {k: None for k in bad})
+    bomb_png(root / "JPEGImages" / "huge.png")
+    save_with_orientation(root / "JPEGImages" / "rot.png", STORED, 8)
+    Image.fromarray(np.full((4, 6), 1000, np.uint16)).save(root / "JPEGImages" / "deep.png")
+    (root / "train.txt").write_text("good\nhuge\nrot\ndeep\n")
+    (root / "val.txt").write_text("good\n")
+    status, out, _ = run(capsys, ["--config", str(write_cfg(tmp_path, root)), "--json", "--show", "info"])
+    report = json.loads(out)
+    assert status == 1 and report["bad_samples"]["train"] == ["huge"]
+    by_sample = {(p["sample"], p["kind"]): p for p in report["problems"]}
+    assert "DecompressionBombError" in by_sample[("huge", "unreadable_image")]["detail"]
+    assert by_sample[("huge", "unreadable_image")]["file"].endswith("huge.xml")
+    assert "EXIF orientation 8" in by_sample[("rot", "exif_orientation")]["detail"]
+    assert by_sample[("deep", "high_bit_depth")]["severity"] == "info"

@@ -133,6 +133,22 @@ def test_missing_and_malformed_files_exit_2(tmp_path: Path, capsys: pytest.Captu
         assert str(bad_path) in err and "[3].category_id 99" in err
 
 
+def test_zero_size_ground_truth_box_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # a GT box no detection can match would lower the AP silently: refused, naming file and box
+    _, pred_path, gt_json, _, _ = write_case(tmp_path)
+    for k, (w, h) in enumerate([(0, 5.0), (4.0, 0)]):
+        bad = copy.deepcopy(gt_json)
+        bad["annotations"][2]["bbox"][2:] = [w, h]
+        bad_path = tmp_path / f"zero{k}.json"
+        bad_path.write_text(json.dumps(bad))
+        for metric in ("voc07", "coco"):
+            argv = ["--annotations", str(bad_path), "--predictions", str(pred_path), "--metric", metric]
+            assert main(argv) == 2
+            err = capsys.readouterr().err
+            assert str(bad_path) in err and "annotations[2].bbox has zero width or height" in err
+            assert len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -195,3 +211,25 @@ def test_missing_pycocotools_exits_2(
     monkeypatch.setitem(sys.modules, "pycocotools.coco", None)
     assert main(["--annotations", str(gt_path), "--predictions", str(pred_path), "--metric", "coco"]) == 2
     assert "pycocotools" in capsys.readouterr().err
+
+
+def test_checkpoint_mode_lists_the_images_it_could_not_score(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    problem = "cannot decode image: x"
+    skipped = [{"image_id": "a/cut", "file": "/d/a/cut.png", "problem": problem, "kind": "unreadable_image"}]
+
+    def fake_evaluate_checkpoint(cfg: Any, checkpoint: Path, split: str, device: str) -> dict[str, Any]:
+        return {"mAP": 0.5, "per_class_ap": {"a": 0.5}, "num_skipped": 1, "skipped_images": skipped}
+
+    fake = types.ModuleType("ssd.engine.evaluate")
+    fake.evaluate_checkpoint = fake_evaluate_checkpoint  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "ssd.engine.evaluate", fake)
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text("seed: 3\n")
+    ckpt = tmp_path / "m.pt"
+    ckpt.write_bytes(b"x")
+    assert main(["--config", str(cfg_path), "--checkpoint", str(ckpt)]) == 0
+    err = capsys.readouterr().err
+    assert "1 image(s) could not be used and were not scored" in err
+    assert "/d/a/cut.png: cannot decode image: x" in err
