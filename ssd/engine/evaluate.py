@@ -16,6 +16,7 @@ from ssd.engine.checkpoint import load_checkpoint
 from ssd.modeling.build import build_model
 from ssd.modeling.ssd import SSD
 from ssd.postprocess import postprocess
+from ssd.sliced import predict_split_tiled
 from ssd.structures import Detections
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,10 @@ def predict_split(
     device: torch.device,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Detections]:
-    """Detections (xyxy, original pixels, on the CPU) for every image of a split, by image id."""
+    """Detections (xyxy, original pixels, on the CPU) for every image of a split, by image id
+    (sliced inference, `ssd.sliced`, when `input.tiling.enabled`)."""
+    if cfg.input.tiling.enabled:
+        return predict_split_tiled(model, cfg, split, device, progress)
     was_training = model.training
     model.eval()
     loader = build_eval_loader(cfg, split)
