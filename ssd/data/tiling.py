@@ -217,3 +217,32 @@ class TiledTransform:
         x0, y0, x1, y1 = (int(v) for v in win.tolist())
         crop = image[:, y0:y1, x0:x1]
         return self.inner(crop, clipped, labels[keep], difficult[keep])
+
+
+def small_before_tiling(
+    records: Sequence[Record],
+    tiling: Tiling,
+    image_size: int,
+    *,
+    include_difficult: bool = True,
+    small: float = 32.0,
+) -> np.ndarray:
+    """[N] bool over the boxes of `records_to_tiles(records, tiling)` in the order
+    `ssd.priors.fit.records_to_boxes` lists them: whether the *original* box is small after the
+    untiled warp of its whole image to `image_size` (sqrt of its warped area < `small` input
+    pixels). Lets a tiled fit report the boxes that are small for the untiled network."""
+    out: list[np.ndarray] = []
+    for rec in records:
+        boxes = torch.from_numpy(np.asarray(rec.boxes_px, np.float64).reshape(-1, 4))
+        if boxes.shape[0] == 0:
+            continue
+        w_in = (boxes[:, 2] - boxes[:, 0]) * image_size / rec.width
+        h_in = (boxes[:, 3] - boxes[:, 1]) * image_size / rec.height
+        is_small = (w_in * h_in).clamp(min=0).sqrt() < small
+        difficult = np.asarray(rec.difficult, bool).reshape(-1)
+        wanted = np.ones(boxes.shape[0], bool) if include_difficult or not difficult.size else ~difficult
+        for win in tiling.windows(rec.width, rec.height).double():
+            _, keep = clip_to_window(boxes, win, tiling.min_visibility)
+            sel = keep.numpy() & wanted
+            out.append(is_small.numpy()[sel])
+    return np.concatenate(out) if out else np.zeros(0, bool)
