@@ -11,13 +11,29 @@ from ssd.data.coco import read_coco_records
 from ssd.data.records import Record, image_folds
 from ssd.data.tiling import Tiling, records_to_tiles, small_before_tiling
 from ssd.priors.fit import records_to_boxes
-from tests.tools.test_priors_cli import dataset, run  # noqa: F401  (fixture)
+from tests.tools.test_priors_cli import run, write_split
 from tools.priors import main
 
 TILED = ["--set", "input.tiling.enabled=true"]
 
 
-def test_tiled_fit_sees_window_boxes(dataset: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+@pytest.fixture
+def dataset(tmp_path: Path) -> dict[str, Path]:
+    """The 2560 x 1920 band/blob COCO set of test_priors_cli (60 train, 30 val images)."""
+    root = tmp_path / "data"
+    root.mkdir()
+    train = write_split(root, "train", 60, seed=0)
+    val = write_split(root, "val", 30, seed=1)
+    cfg = tmp_path / "base.yaml"
+    cfg.write_text(
+        f"data:\n  format: coco\n  root: {root}\n  train_annotations: train.json\n"
+        "  val_annotations: val.json\n  classes: [band, blob]\n",
+        encoding="utf-8",
+    )
+    return {"root": root, "train": train, "val": val, "cfg": cfg, "tmp": tmp_path}
+
+
+def test_tiled_fit_sees_window_boxes(dataset: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     base = ["fit", "--config", str(dataset["cfg"]), "--annotations", str(dataset["val"]), "--format", "coco"]
     untiled = run(capsys, base)
     tiled = run(capsys, [*base, *TILED])
@@ -38,7 +54,7 @@ def test_tiled_fit_sees_window_boxes(dataset: dict[str, Path], capsys: pytest.Ca
         assert one[key] == untiled[key]
 
 
-def test_tiled_optimize_and_kmeans(dataset: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+def test_tiled_optimize_and_kmeans(dataset: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     out = dataset["tmp"] / "tiled.yaml"
     common = [
         "--config",
@@ -60,7 +76,7 @@ def test_tiled_optimize_and_kmeans(dataset: dict[str, Path], capsys: pytest.Capt
 
 def test_image_fold_partitions_the_images(
     dataset: dict[str, Path], capsys: pytest.CaptureFixture[str]
-) -> None:  # noqa: F811
+) -> None:
     base = ["fit", "--config", str(dataset["cfg"]), "--annotations", str(dataset["val"]), "--format", "coco"]
     whole = run(capsys, base)
     a = run(capsys, [*base, "--image-fold", "0/2"])
