@@ -152,3 +152,29 @@ def test_tiling_config_defaults_off_and_validation_names_the_key() -> None:
         load_config(None, ["input.tiling.merge=union"])
     with pytest.raises(ConfigError, match=r"input\.tiling\.scal"):
         load_config(None, ["input.tiling.scal=0.5"])
+
+
+def test_tiled_train_loader_is_seeded_and_clips_to_the_window(tmp_path: Path) -> None:
+    from ssd.config import config_from_dict, replace
+    from ssd.data.loader import build_train_loader
+    from tests.conftest import TINY_PRIORS, synthetic_data
+
+    cfg = config_from_dict(
+        {
+            "data": synthetic_data(8, (640, 480), root=str(tmp_path / "data")),
+            "priors": TINY_PRIORS,
+            "train": {"batch_size": 4},
+            "augment": {"enabled": False},
+            "input": {"tiling": {"enabled": True, "scale": 0.5, "tile": 160, "overlap": 16}},
+        }
+    )
+    first = next(iter(build_train_loader(cfg)))
+    again = next(iter(build_train_loader(cfg)))
+    assert first.images.shape == (4, 3, 272, 272)
+    assert torch.equal(first.images, again.images)
+    assert all(torch.equal(a, b) for a, b in zip(first.targets.boxes, again.targets.boxes))
+    boxes = torch.cat(first.targets.boxes)
+    assert boxes.numel() > 0 and (boxes >= 0).all() and (boxes <= 1).all()
+    # a sample is a 320 x 320 window of the 640 x 480 photo, not the whole photo warped
+    whole = next(iter(build_train_loader(replace(cfg, **{"input.tiling.enabled": False}))))
+    assert not torch.allclose(first.images, whole.images)
