@@ -84,18 +84,22 @@ def _pct(v: float | None) -> str:
 
 
 def report_markdown(results: Mapping[str, Mapping[str, Any]]) -> str:
-    """Markdown tables of `evaluate_run` results by variant name."""
+    """Markdown tables of `evaluate_run` results by variant name. Speed: each run is timed
+    interleaved with the untiled pipeline on the same photos, so its "time per photo vs
+    untiled" holds whatever the machine load was; images/s of different runs may not compare."""
     names = list(results)
     lines = [
-        "| variant | priors | mAP@0.5 (%) | mAP@0.5 small boxes (%) | images/s | tiles/s | tiles per image |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| variant | priors | mAP@0.5 (%) | mAP@0.5 small boxes (%) | images/s | tiles/s | tiles per image "
+        "| untiled images/s, same timing | time per photo vs untiled |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n in names:
         r = results[n]
         tiles = "-" if r["tiles_per_s"] is None else f"{r['tiles_per_s']:.2f}"
+        ratio = r["speed"]["slowdown"] if r["tiled"] else 1.0
         lines.append(
             f"| {n} | {r['num_priors']:,} | {_pct(r['mAP'])} | {_pct(r['mAP_small'])} | {r['fps']:.3f} "
-            f"| {tiles} | {r['tiles_per_image']:g} |"
+            f"| {tiles} | {r['tiles_per_image']:g} | {r['speed']['untiled_fps']:.3f} | {ratio:.2f}x |"
         )
     classes = list(results[names[0]]["per_class_ap"])
     small_gt = results[names[0]]["num_gt_small"]
