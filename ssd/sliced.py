@@ -26,8 +26,9 @@ Why not the `sahi` library: it runs a detector one slice (or a fixed slice batch
 through its own model wrappers and merges Python `ObjectPrediction` lists; its merges (NMS, NMM,
 greedy NMM on intersection over smaller) either keep band pieces apart or merge any overlapping
 pair of one class (clusters of small bubbles become one box); and it pulls in OpenCV, shapely,
-fire and requests. The geometry here is ~100 lines of torch, batches all windows of a batch of
-images in one forward pass, and shares the clipping rule with training and the prior tools.
+fire and requests. The geometry here is a few hundred lines of torch, batches all windows of a
+batch of images in one forward pass, and shares the clipping rule with training and the prior
+tools.
 """
 
 from __future__ import annotations
