@@ -103,10 +103,38 @@ class PostprocessConfig:
 
 
 @dataclass(frozen=True)
+class TilingConfig:
+    """Tiled training and sliced inference for small defects on large photos (off by default).
+
+    The image is resized by `scale` and cut into `tile` x `tile` windows (in scaled pixels) that
+    overlap their neighbours by at least `overlap` scaled pixels, spread evenly over the image;
+    a side shorter than `tile` gives one window spanning it. Each window is warped to the
+    network input like a whole image would be. Inference runs every window of an image as one
+    batch (plus the whole image when `full_image`), maps the detections back to original pixels
+    and merges them (`merge`: "seam" joins same-class pieces of one object cut by a window border,
+    then batched NMS; "nms": batched NMS only). Training draws one random window per sample, placed
+    around a random ground-truth box with probability `positive_fraction` (anywhere otherwise);
+    boxes are clipped to the window and kept when at least `min_visibility` of what a window of
+    that size could show of them is visible (see `ssd.data.tiling.visible_fraction`). The prior
+    tools clip boxes to the inference windows with the same rule.
+    """
+
+    enabled: bool = False
+    scale: float = 0.5
+    tile: int = 512
+    overlap: int = 64
+    full_image: bool = False
+    merge: Literal["seam", "nms"] = "seam"
+    min_visibility: float = 0.5
+    positive_fraction: float = 0.75
+
+
+@dataclass(frozen=True)
 class InputConfig:
     # ImageNet statistics of torchvision's VGG-16 weights, on [0, 1] RGB.
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    tiling: TilingConfig = field(default_factory=TilingConfig)
 
 
 @dataclass(frozen=True)
@@ -456,6 +484,12 @@ def validate(cfg: Config) -> None:
     _check(pp.max_detections > 0, "postprocess.max_detections", "must be positive")
     _check(cfg.model.width_mult > 0, "model.width_mult", "must be positive")
     _check(all(s > 0 for s in cfg.input.std), "input.std", "must be positive")
+    tl = cfg.input.tiling
+    _check(tl.scale > 0, "input.tiling.scale", "must be positive")
+    _check(tl.tile > 0, "input.tiling.tile", "must be positive")
+    _check(0 <= tl.overlap < tl.tile, "input.tiling.overlap", f"must be in [0, tile={tl.tile})")
+    _check(0 < tl.min_visibility <= 1, "input.tiling.min_visibility", "must be in (0, 1]")
+    _check(0 <= tl.positive_fraction <= 1, "input.tiling.positive_fraction", "must be in [0, 1]")
     d = cfg.data
     _check(len(d.classes) > 0, "data.classes", "needs at least one class")
     _check(len(set(d.classes)) == len(d.classes), "data.classes", "has duplicates")

@@ -16,6 +16,7 @@ from ssd.config import Config
 from ssd.engine.checkpoint import load_checkpoint
 from ssd.modeling.build import build_model
 from ssd.postprocess import postprocess
+from ssd.sliced import build_sliced_predictor
 from ssd.structures import Detections
 
 ImageLike = Tensor | np.ndarray | Image.Image
@@ -76,12 +77,18 @@ class Detector:
         self.model.priors.freeze()
         self.model.to(self.device).eval()
         self.class_names = cfg.data.classes
+        # input.tiling: sliced inference (ssd.sliced), the whole call goes through it
+        self.sliced = (
+            build_sliced_predictor(cfg, self.model, self.device) if cfg.input.tiling.enabled else None
+        )
 
     @torch.inference_mode()
     def __call__(self, images: Sequence[ImageLike]) -> list[Detections]:
         if not images:
             return []
         tensors = [to_uint8_chw(im) for im in images]
+        if self.sliced is not None:
+            return self.sliced(tensors)
         c = self.cfg
         x, sizes = preprocess(tensors, c.priors.image_size, c.input.mean, c.input.std, self.device)
         outputs = self.model(x)

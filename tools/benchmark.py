@@ -127,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images-on-host", action="store_true", help="CUDA: time the host->device copy too")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic images")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
+    parser.add_argument(
+        "--tiled", action="store_true",
+        help="also time sliced inference (input.tiling of the config) beside the untiled pipeline "
+        "on the same --orig-size images: images/s of full photos and tiles/s",
+    )  # fmt: skip
     parser.add_argument("--output-dir", help="write benchmark.json and benchmark.md here")
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     args = parser.parse_args(argv)
@@ -209,6 +214,23 @@ def main(argv: list[str] | None = None) -> int:
         results.append(res)
 
     text = _describe(results) + "\n\n" + format_table(results)
+    if args.tiled:
+        from ssd.engine.benchmark_tiled import benchmark_tiled
+
+        tiled = benchmark_tiled(
+            model, cfg, device=device, orig_size=(height, width), batch_size=args.batch_size,
+            warmup=warmup, iters=iters, seed=args.seed,
+        )  # fmt: skip
+        for r in results:
+            r["tiled"] = tiled
+        t = tiled["tiling"]
+        text += (
+            f"\n\nTiled (scale {t['scale']:g}, {t['tile']} px tiles, overlap {t['overlap']}, "
+            f"{tiled['tiles_per_image']:g} tiles per {width}x{height} image, merge {t['merge']}), timed "
+            f"interleaved with the untiled pipeline, batch {args.batch_size}, median of {iters}: "
+            f"untiled {tiled['untiled_fps']:.3f} images/s, tiled {tiled['tiled_fps']:.3f} images/s "
+            f"({tiled['tiled_tiles_per_s']:.2f} tiles/s), {tiled['slowdown']:.2f}x slower"
+        )
     if args.sweep:
         ok = [r for r in results if "error" not in r]
         summary: dict[str, Any] = {

@@ -67,6 +67,14 @@ def _data_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="without --annotations: which split of the config's data (default: train; fit: val)",
     )
+    p.add_argument(
+        "--image-fold",
+        type=_parse_fold,
+        metavar="K/N",
+        help="only the images of fold K (0-based) of N: folds stratified by each image's main class, "
+        "seeded by --fold-seed (ssd.data.records.image_folds); fit on 0/2, score on 1/2",
+    )
+    p.add_argument("--fold-seed", type=int, default=0, help="seed of --image-fold (default 0)")
     p.add_argument("--output-dir", type=Path, help="write JSON/Markdown/PNG results here")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
 
@@ -145,6 +153,17 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _parse_fold(text: str) -> tuple[int, int]:
+    """'0/2' -> (0, 2)."""
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected K/N such as 0/2, got {text!r}") from exc
+    if not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"fold {text!r}: need 0 <= K < N")
+    return k, n
+
+
 def _parse_subgrids(text: str) -> str | tuple[tuple[int, int], ...]:
     """'1x2,2x2' -> ((1, 2), (2, 2)); 'none' -> (); 'auto' -> 'auto'."""
     if text.strip().lower() in ("none", ""):
@@ -202,17 +221,68 @@ def load_records(cfg: Config, args: argparse.Namespace, default_split: str) -> l
 def _boxes(cfg: Config, args: argparse.Namespace, default_split: str) -> Any:
     from ssd.priors.fit import records_to_boxes
 
-    records = load_records(cfg, args, default_split)
+    records = select_fold(load_records(cfg, args, default_split), args)
+    if cfg.input.tiling.enabled:  # boxes in window space, clipped as in tiled training
+        records = tiled_records(cfg, records)
     boxes = records_to_boxes(records, cfg.priors.image_size, include_difficult=cfg.data.use_difficult)
     if boxes.num_boxes == 0:
         raise DatasetError(args.annotations or cfg.data.root, "no ground-truth boxes")
     return boxes
 
 
+def select_fold(records: list[Record], args: argparse.Namespace) -> list[Record]:
+    """The records of `--image-fold K/N` (all without it)."""
+    if getattr(args, "image_fold", None) is None:
+        return records
+    from ssd.data.records import image_folds
+
+    k, n = args.image_fold
+    folds = image_folds(records, n, seed=args.fold_seed)
+    return [r for r, f in zip(records, folds) if f == k]
+
+
+def tiled_records(cfg: Config, records: list[Record]) -> list[Record]:
+    """One record per inference window of `input.tiling` (ssd.data.tiling.records_to_tiles)."""
+    from ssd.data.tiling import Tiling, records_to_tiles
+
+    return records_to_tiles(records, Tiling.from_config(cfg.input.tiling))
+
+
+def tiled_small_recall(
+    cfg: Config, args: argparse.Namespace, boxes: Any, grids: dict[str, Any], thr: float, shifts: int
+) -> dict[str, Any]:
+    """Tiled fit: recall@thr of the window boxes whose original box is small (< 32 x 32) after
+    the untiled warp to the input, per prior set (grid and position-averaged)."""
+    from ssd.data.tiling import Tiling, small_before_tiling
+    from ssd.priors.fit import fit_report
+
+    records = select_fold(load_records(cfg, args, "val"), args)
+    mask = small_before_tiling(
+        records,
+        Tiling.from_config(cfg.input.tiling),
+        cfg.priors.image_size,
+        include_difficult=cfg.data.use_difficult,
+    )
+    if mask.shape[0] != boxes.num_boxes:  # degenerate boxes dropped: no exact correspondence
+        raise DatasetError(args.annotations or cfg.data.root, "tiled boxes and their sources disagree")
+    sub = boxes.subset(mask)
+    out: dict[str, Any] = {"num_window_boxes": int(mask.sum()), "recall": {}, "recall_expected": {}}
+    for name, grid in grids.items():
+        rep = {}
+        if sub.num_boxes:
+            rep = fit_report(grid, sub, cfg.data.classes, iou_threshold=thr, shifts=shifts)
+        out["recall"][name] = rep.get("recall")
+        out["recall_expected"][name] = rep.get("recall_expected")
+    return out
+
+
 def _source(cfg_path: str | None, args: argparse.Namespace, default_split: str) -> str:
+    fold = ""
+    if getattr(args, "image_fold", None) is not None:
+        fold = f" (images of fold {args.image_fold[0]}/{args.image_fold[1]}, seed {args.fold_seed})"
     if args.annotations is not None:
-        return f"{args.annotations}" + (f" (split {args.split})" if args.split else "")
-    return f"{cfg_path or 'defaults'}: data split {args.split_name or default_split}"
+        return f"{args.annotations}" + (f" (split {args.split})" if args.split else "") + fold
+    return f"{cfg_path or 'defaults'}: data split {args.split_name or default_split}" + fold
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -222,6 +292,10 @@ def _write_json(path: Path, obj: Any) -> None:
 
 def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=float))
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
 
 
 def _name(path: str | None) -> str:
@@ -268,6 +342,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if len(reports) > 1:
         summary["compare"] = {n: {"config": p, **reports[n]} for n, p in zip(list(reports)[1:], args.compare)}
     table = fit_table_markdown(reports)
+    if cfg.input.tiling.enabled:
+        summary["tiling"] = {
+            "settings": dataclasses.asdict(cfg.input.tiling),
+            "small_after_warp": tiled_small_recall(cfg, args, boxes, grids, thr, args.shifts),
+        }
     if args.output_dir is not None:
         out = args.output_dir
         _write_json(out / "fit.json", summary)
@@ -286,6 +365,16 @@ def cmd_fit(args: argparse.Namespace) -> int:
     else:
         print(f"boxes: {source}: {boxes.num_boxes} ground truths in {len(boxes.image_ids)} images")
         print(table)
+        if "tiling" in summary:
+            sm = summary["tiling"]["small_after_warp"]
+            print(
+                f"tiled (boxes per window): {sm['num_window_boxes']} window boxes of boxes under 32 x 32 "
+                f"after the untiled {cfg.priors.image_size} warp; recall@{thr:g}: "
+                + ", ".join(
+                    f"{n} {_pct(sm['recall'][n])} (position-averaged {_pct(sm['recall_expected'][n])})"
+                    for n in grids
+                )
+            )
         for name, rep in reports.items():
             un = rep["unmatched"]
             print(

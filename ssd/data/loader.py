@@ -24,6 +24,7 @@ from ssd.config import Config, ConfigError
 from ssd.data.check import check_split, summarize, usable_records
 from ssd.data.image import read_image
 from ssd.data.records import DatasetError, Record
+from ssd.data.tiling import TiledTransform, Tiling
 from ssd.data.transforms import build_transforms
 from ssd.structures import Batch, Targets
 
@@ -396,9 +397,11 @@ def build_train_loader(
     `Batch.skipped`), otherwise its error is in `Batch.errors` (iterate through `checked`)."""
     records = build_records(cfg, "train", open_images=True)
     _refuse_bad_val(cfg)
-    transform = build_transforms(
+    transform: Transform = build_transforms(
         cfg.augment, cfg.priors.image_size, cfg.input.mean, cfg.input.std, train=True
     )
+    if cfg.input.tiling.enabled:  # one sampled window per sample (ssd.data.tiling)
+        transform = TiledTransform(transform, Tiling.from_config(cfg.input.tiling))
     dataset = DetectionDataset(
         records, transform, seed=cfg.seed, skip_invalid=cfg.data.skip_invalid, return_failures=True
     )

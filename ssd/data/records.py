@@ -113,3 +113,27 @@ def image_size_from_header(path: Path) -> tuple[int, int]:
 
     info = probe_image(path)
     return info.width, info.height
+
+
+def image_folds(records: Sequence[Record], folds: int, seed: int = 0) -> np.ndarray:
+    """[N] fold index (0..folds-1) of every record, for fit-on-some-images / score-on-others
+    experiments. Stratified by image: records are grouped by their most frequent label (0 for
+    none), each group ordered by image id, shuffled with `numpy.random.default_rng(seed)` (groups
+    in label order) and dealt round-robin, so every fold gets about the same share of each
+    defect class (a plain shuffle can put most images of a rare class, and e.g. all of its
+    many-boxes-per-image samples, into one fold)."""
+    if folds < 1:
+        raise ValueError(f"folds must be >= 1, got {folds}")
+    groups: dict[int, list[int]] = {}
+    for i, rec in enumerate(records):
+        labels = np.asarray(rec.labels, np.int64).reshape(-1)
+        key = int(np.bincount(labels).argmax()) if labels.size else 0
+        groups.setdefault(key, []).append(i)
+    rng = np.random.default_rng(seed)
+    out = np.zeros(len(records), np.int64)
+    for key in sorted(groups):
+        members = sorted(groups[key], key=lambda i: records[i].image_id)
+        perm = rng.permutation(len(members))
+        for rank, j in enumerate(perm):
+            out[members[j]] = rank % folds
+    return out

@@ -18,6 +18,7 @@ from ssd.engine.checkpoint import load_checkpoint
 from ssd.modeling.build import build_model
 from ssd.modeling.ssd import SSD
 from ssd.postprocess import postprocess
+from ssd.sliced import predict_split_tiled
 from ssd.structures import Detections
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,11 @@ def predict_split(
 ) -> SplitPredictions:
     """Detections for every image of a split that can be read. Images that cannot be read are
     skipped and listed with `data.skip_invalid`; otherwise the first raises its DatasetError
-    (naming the file), whatever `data.num_workers`."""
+    (naming the file), whatever `data.num_workers`. Sliced inference (`ssd.sliced`) when
+    `input.tiling.enabled`."""
+    if cfg.input.tiling.enabled:
+        return SplitPredictions(*predict_split_tiled(model, cfg, split, device, progress))
+
     was_training = model.training
     model.eval()
     loader = build_eval_loader(cfg, split)

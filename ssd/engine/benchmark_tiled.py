@@ -1,0 +1,104 @@
+"""Speed of sliced (tiled) inference next to the untiled pipeline, on the same images.
+
+Both pipelines start from the same seeded uint8 images of `orig_size` resident on the device and
+end with per-image Detections in original pixels:
+- untiled: resize the whole image to S x S + normalise -> network -> postprocess (as
+  `ssd.detector.Detector` without tiling);
+- tiled: `ssd.sliced.SlicedPredictor` (crop + warp every window, one network batch for all
+  windows of all images, postprocess per window, seam merge + NMS per image).
+They are timed round-robin (`ssd.engine.benchmark.time_interleaved`) so that both see the same
+machine load. Images per second count full photos; tiles per second count network inputs of the
+tiled pipeline (windows, plus the whole image with `tiling.full_image`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ssd.config import Config
+from ssd.detector import preprocess
+from ssd.engine.benchmark import _synchronizer, random_images, summarize_times, time_interleaved
+from ssd.modeling.ssd import SSD
+from ssd.postprocess import postprocess
+from ssd.sliced import build_sliced_predictor
+from ssd.structures import Detections
+
+
+@torch.inference_mode()
+def benchmark_tiled(
+    model: SSD,
+    cfg: Config,
+    *,
+    device: str | torch.device = "cpu",
+    orig_size: tuple[int, int] = (1920, 2560),
+    batch_size: int = 1,
+    warmup: int = 1,
+    iters: int = 5,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Time untiled and tiled inference of `model` with the settings of `cfg` (its
+    `input.tiling` for the tiled pipeline, whether enabled or not) on `batch_size` images of
+    `orig_size` (H, W). Returns a JSON-ready dict: `untiled` and `tiled` timing summaries
+    (`summarize_times`, images = full photos), `untiled_fps`, `tiled_fps` (images/s from the
+    medians), `tiles_per_image`, `tiled_tiles_per_s`, `slowdown` (untiled / tiled images/s)."""
+    dev = torch.device(device)
+    if batch_size <= 0 or iters <= 0 or warmup < 0:
+        raise ValueError(f"need batch_size > 0, iters > 0, warmup >= 0; got {batch_size}, {iters}, {warmup}")
+    model.eval().to(dev)
+    images = [im.to(dev) for im in random_images(batch_size, orig_size[0], orig_size[1], seed)]
+    tiled_cfg = cfg if cfg.input.tiling.enabled else _with_tiling(cfg)
+    sliced = build_sliced_predictor(tiled_cfg, model, dev)
+    priors = model.priors().detach().to(dev)
+    c, pp = cfg, cfg.postprocess
+
+    def untiled() -> list[Detections]:
+        x, sizes = preprocess(images, c.priors.image_size, c.input.mean, c.input.std, dev)
+        return postprocess(
+            model(x),
+            priors,
+            sizes,
+            variances=c.priors.variances,
+            score_threshold=pp.score_threshold,
+            nms_iou=pp.nms_iou,
+            top_k=pp.top_k,
+            max_detections=pp.max_detections,
+        )
+
+    def tiled() -> list[Detections]:
+        return sliced(images)
+
+    times, _ = time_interleaved([untiled, tiled], warmup, iters, _synchronizer(dev))
+    un, ti = summarize_times(times[0], batch_size), summarize_times(times[1], batch_size)
+    tiles_per_image = sliced.last_num_tiles / batch_size
+    return {
+        "device": str(dev),
+        "orig_size": list(orig_size),
+        "batch_size": batch_size,
+        "warmup": warmup,
+        "iters": iters,
+        "tiling": {
+            "scale": tiled_cfg.input.tiling.scale,
+            "tile": tiled_cfg.input.tiling.tile,
+            "overlap": tiled_cfg.input.tiling.overlap,
+            "full_image": tiled_cfg.input.tiling.full_image,
+            "merge": tiled_cfg.input.tiling.merge,
+        },
+        "image_size": cfg.priors.image_size,
+        "untiled": un,
+        "tiled": ti,
+        "untiled_fps": un["images_per_s"],
+        "tiled_fps": ti["images_per_s"],
+        "tiles_per_image": tiles_per_image,
+        "tiled_tiles_per_s": ti["images_per_s"] * tiles_per_image,
+        "slowdown": un["images_per_s"] / ti["images_per_s"],
+    }
+
+
+def _with_tiling(cfg: Config) -> Config:
+    from ssd.config import replace
+
+    out = replace(cfg, **{"input.tiling.enabled": True})
+    assert isinstance(out, Config)
+    return out
