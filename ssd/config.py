@@ -180,6 +180,8 @@ class EvalConfig:
     metric: Literal["voc07", "area", "coco"] = "voc07"
     iou_threshold: float = 0.5
     batch_size: int = 8
+    # detections at or above this score count in the confusion matrix (classes + background)
+    confusion_score: float = 0.3
 
 
 @dataclass(frozen=True)
@@ -348,6 +350,11 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             text = p.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"{p}: cannot read config: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"{p}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                "save the config as UTF-8"
+            ) from exc
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -481,3 +488,4 @@ def validate(cfg: Config) -> None:
     _check(t.max_bad_steps > 0, "train.max_bad_steps", "must be positive")
     _check(0 < cfg.eval.iou_threshold < 1, "eval.iou_threshold", "must be in (0, 1)")
     _check(cfg.eval.batch_size > 0, "eval.batch_size", "must be positive")
+    _check(0 <= cfg.eval.confusion_score <= 1, "eval.confusion_score", "must be in [0, 1]")
