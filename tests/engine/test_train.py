@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -15,7 +16,14 @@ import ssd
 from ssd.config import Config, config_from_dict
 from ssd.data.labelme import TIANCHI_CLASSES
 from ssd.engine.checkpoint import CheckpointError, load_checkpoint
-from ssd.engine.train import TrainingError, TrainingInterrupted, build_optimizer, lr_factor, train
+from ssd.engine.train import (
+    TrainingError,
+    TrainingInterrupted,
+    build_optimizer,
+    lr_factor,
+    train,
+    truncate_metrics,
+)
 from ssd.losses import MultiBoxLoss
 from tests.conftest import TINY_PRIORS, synthetic_data
 
@@ -180,3 +188,27 @@ def test_learnable_run_exports_a_fixed_prior_config(tmp_path: Path) -> None:
     assert not torch.equal(model.priors(), initial)  # the shapes moved
     with Image.open(tmp_path / "run" / "learned_priors.png") as im:  # shapes over the GT density
         assert im.width > 100 and im.height > 100
+
+
+def test_resume_after_a_hard_kill_keeps_each_metrics_row_once(tmp_path: Path) -> None:
+    """A run killed after logging iterations 3-4 but checkpointed at 2: the resumed run logs 3-4
+    again, so the rows past the checkpoint are dropped on resume."""
+    cfg = tiny_cfg(tmp_path / "data", max_iters=4, log_every=1, checkpoint_every=2)
+    early = train(ssd.config.replace(cfg, **{"train.max_iters": 2}), tmp_path / "early", evaluate_fn=_no_eval)
+    train(cfg, tmp_path / "run", evaluate_fn=_no_eval)
+    (tmp_path / "run" / "last.pt").write_bytes(early.last_checkpoint.read_bytes())  # the kill -9 state
+    with (tmp_path / "run" / "metrics.jsonl").open("a") as f:
+        f.write('{"iteration": 5, "loss": 1.')  # a torn last line
+    train(cfg, tmp_path / "run", resume=True, evaluate_fn=_no_eval)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["iteration"] for r in rows if "loss" in r]
+    assert steps == [1, 2, 3, 4]
+    assert [r["iteration"] for r in rows if "eval" in r] == [4]
+
+
+def test_truncate_metrics_keeps_rows_up_to_the_iteration(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"iteration": 1}\n{"iteration": 2, "eval": {}}\n{"iteration": 3}\n', encoding="utf-8")
+    assert truncate_metrics(path, 2) == 1
+    assert path.read_text().splitlines() == ['{"iteration": 1}', '{"iteration": 2, "eval": {}}']
+    assert truncate_metrics(path, 2) == 0 and truncate_metrics(tmp_path / "none.jsonl", 0) == 0
