@@ -109,6 +109,8 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     learned_config: Path | None = None
     report: dict[str, Any] | None = None  # the final model's report (also report.md / results.json)
+    prior_check: dict[str, Any] | None = None  # the prior check at the start (also prior_check.json)
+    config: Config | None = None  # the config trained with (auto_priors: with the fitted priors)
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -260,6 +262,14 @@ def _train(
 ) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     dev = ctx.device
+    prior_check: dict[str, Any] | None = None
+    if resume and cfg.train.auto_priors is not None:
+        cfg = _resumed_auto_priors(cfg, out / "last.pt" if resume is True else Path(resume))
+    elif not resume and (cfg.train.prior_check or cfg.train.auto_priors is not None):
+        from ssd.engine.prior_check import check_priors
+
+        with ctx.main_first():  # rank 0 may generate the synthetic dataset; the others then read it
+            cfg, prior_check = check_priors(cfg, out if ctx.is_main else None)
     torch.manual_seed(cfg.seed)  # model initialisation; data randomness has its own generators
     if ctx.distributed:
         log.info(
@@ -466,6 +476,8 @@ def _train(
         history=history,
         learned_config=learned_config,
         report=report,
+        prior_check=prior_check,
+        config=cfg,
     )
 
 
@@ -614,6 +626,17 @@ def _plot_learned_shapes(initial: Config, learned: Config, path: Path) -> Path:
     return plot_shape_density(
         boxes.wh_px, shapes, path, image_size=size, title="prior shapes before and after learning"
     )
+
+
+def _resumed_auto_priors(cfg: Config, path: Path) -> Config:
+    """A run with `train.auto_priors` trained with the priors it fitted at its start (stored in
+    its checkpoint's config): resume with those, not a new fit."""
+    state = load_checkpoint(path)
+    if not isinstance(state.get("config"), dict):
+        return cfg
+    import dataclasses
+
+    return dataclasses.replace(cfg, priors=config_from_dict(state["config"]).priors)
 
 
 def truncate_metrics(path: Path, iteration: int) -> int:

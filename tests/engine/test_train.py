@@ -212,3 +212,41 @@ def test_truncate_metrics_keeps_rows_up_to_the_iteration(tmp_path: Path) -> None
     assert truncate_metrics(path, 2) == 1
     assert path.read_text().splitlines() == ['{"iteration": 1}', '{"iteration": 2, "eval": {}}']
     assert truncate_metrics(path, 2) == 0 and truncate_metrics(tmp_path / "none.jsonl", 0) == 0
+
+
+def test_prior_check_warns_with_the_optimize_command(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = tiny_cfg(tmp_path / "data", max_iters=1, prior_check_min_recall=0.99)
+    with caplog.at_level("WARNING", logger="ssd.engine.prior_check"):
+        result = train(cfg, tmp_path / "run", evaluate_fn=_no_eval)
+    check = json.loads((tmp_path / "run" / "prior_check.json").read_text())
+    assert result.prior_check == check and check["config"]["recall"] < 0.99
+    run_config = tmp_path / "run" / "config.yaml"
+    command = f"python -m tools.priors optimize --config {run_config} --split-name train"
+    assert command in caplog.text and command in check["warning"]
+    # a threshold the priors meet: no warning
+    caplog.clear()
+    ok = ssd.config.replace(cfg, **{"train.prior_check_min_recall": 0.0})
+    with caplog.at_level("WARNING", logger="ssd.engine.prior_check"):
+        train(ok, tmp_path / "run2", evaluate_fn=_no_eval)
+    assert "tools.priors optimize" not in caplog.text
+
+
+def test_auto_priors_trains_with_fitted_priors_of_higher_recall(tmp_path: Path) -> None:
+    cfg = tiny_cfg(tmp_path / "data", max_iters=2, checkpoint_every=1, auto_priors="coverage")
+    result = train(cfg, tmp_path / "run", evaluate_fn=_no_eval)
+    check = result.prior_check
+    assert check is not None and check["fitted"]["recall"] > check["config"]["recall"]
+    saved = ssd.load_config(tmp_path / "run" / "config.yaml")
+    assert saved.priors.shapes is not None and saved.priors == result.config.priors  # type: ignore[union-attr]
+    written = ssd.load_config(tmp_path / "run" / "priors.yaml").priors
+    assert written.shapes == saved.priors.shapes
+    assert torch.equal(ssd.generate_priors(written), ssd.generate_priors(saved.priors))
+    model = ssd.build_model(saved)
+    model.load_state_dict(load_checkpoint(tmp_path / "run" / "last.pt")["model"])  # trained with them
+    # resuming with the original config keeps the fitted priors
+    more = ssd.config.replace(cfg, **{"train.max_iters": 3})
+    assert train(more, tmp_path / "run", resume=True, evaluate_fn=_no_eval).iteration == 3
+    with pytest.raises(ssd.config.ConfigError, match="chi"):
+        train(ssd.config.replace(cfg, **{"train.auto_priors": "chi"}), tmp_path / "chi", evaluate_fn=_no_eval)
