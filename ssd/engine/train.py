@@ -22,6 +22,7 @@ import math
 import os
 import signal
 import time
+import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,6 +163,23 @@ def build_optimizer(model: SSD, cfg: Config) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, fused=fused or None)
 
 
+def build_ema(model: SSD, cfg: Config) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of `model`'s parameters and buffers (BN statistics), as
+    mmdetection's EMAHook and ultralytics' ModelEMA keep: after each optimizer step
+    ema = d * ema + (1 - d) * weights with d = ema_decay * (1 - exp(-updates / ema_ramp)), so
+    the early, fast-moving weights are not averaged in for long. Evaluation, best.pt selection,
+    the final report and inference (`ssd.engine.checkpoint.model_weights`) use the EMA weights."""
+    decay, ramp = cfg.train.ema_decay, cfg.train.ema_ramp
+
+    def ema_update(
+        averaged: torch.Tensor, current: torch.Tensor, updates: torch.Tensor | int
+    ) -> torch.Tensor:
+        d = decay * (1.0 - math.exp(-float(updates) / ramp))
+        return averaged * d + current * (1.0 - d)
+
+    return torch.optim.swa_utils.AveragedModel(model, avg_fn=ema_update, use_buffers=True)
+
+
 def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, factor: float) -> float:
     for g in optimizer.param_groups:
         g["lr"] = base_lr * factor * g.get("lr_mult", 1.0)
@@ -286,6 +304,8 @@ def _train(
         cfg.matcher.iou_threshold, cfg.loss.neg_pos_ratio, cfg.priors.variances, cfg.loss.loc_weight
     )
     aids = PriorAids.from_config(cfg) if cfg.priors.learnable else None
+    ema = build_ema(model, cfg) if cfg.train.ema else None
+    eval_model = model if ema is None else typing.cast(SSD, ema.module)  # what evaluation sees
 
     start = 0
     best_map: float | None = None
@@ -304,6 +324,11 @@ def _train(
         start = int(state["iteration"])
         best_map = state.get("best_map")
         skipped_total = int(state.get("skipped_steps", 0))
+        if ema is not None:
+            if not isinstance(state.get("ema"), dict):
+                raise CheckpointError(f"{ckpt_path}: train.ema is on but the checkpoint has no EMA weights")
+            ema.module.load_state_dict(state["ema"]["model"])
+            ema.n_averaged.fill_(int(state["ema"]["updates"]))
         log.info("resumed from %s at iteration %d", ckpt_path, start)
         if ctx.is_main:
             dropped = truncate_metrics(out / "metrics.jsonl", start)
@@ -334,6 +359,9 @@ def _train(
                 "best_map": best_map,
                 "skipped_steps": skipped_total,
                 "world_size": ctx.world_size,
+                "ema": None if ema is None else {
+                    "model": ema.module.state_dict(), "updates": int(ema.n_averaged)
+                },  # fmt: skip
             },
             path,
         )
@@ -412,6 +440,8 @@ def _train(
                     scaler.unscale_(optimizer)
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
                 scaler.step(optimizer)
+                if ema is not None:
+                    ema.update_parameters(model)
                 scaler.update()
                 it += 1
 
@@ -431,7 +461,7 @@ def _train(
                 do_eval = it % cfg.train.eval_every == 0 or it == cfg.train.max_iters
                 if do_eval:
                     if ctx.is_main:
-                        final_metrics = evaluate_fn(model, cfg, dev)
+                        final_metrics = evaluate_fn(eval_model, cfg, dev)
                         m = float(final_metrics["mAP"])
                         writer.add_scalar("eval/mAP", m, it)
                         for name, ap in final_metrics.get("per_class_ap", {}).items():
@@ -463,7 +493,7 @@ def _train(
         checkpoint(it, last_path)
     report: dict[str, Any] | None = None
     if ctx.is_main and final_metrics is not None:
-        report = _final_report(model, learned_cfg, dev, final_metrics, out, it)
+        report = _final_report(eval_model, learned_cfg, dev, final_metrics, out, it)
     ctx.barrier()  # rank 0's files are complete before any process returns
     return TrainResult(
         output_dir=out,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 from pathlib import Path
@@ -250,3 +251,45 @@ def test_auto_priors_trains_with_fitted_priors_of_higher_recall(tmp_path: Path) 
     assert train(more, tmp_path / "run", resume=True, evaluate_fn=_no_eval).iteration == 3
     with pytest.raises(ssd.config.ConfigError, match="chi"):
         train(ssd.config.replace(cfg, **{"train.auto_priors": "chi"}), tmp_path / "chi", evaluate_fn=_no_eval)
+
+
+def test_ema_weights_are_evaluated_saved_and_resumed_exactly(tmp_path: Path) -> None:
+    cfg = tiny_cfg(tmp_path / "data", max_iters=4, checkpoint_every=2, ema=True, ema_decay=0.9, ema_ramp=2.0)
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def record(model: Any, c: Config, d: torch.device) -> dict[str, Any]:
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {"mAP": 0.0, "per_class_ap": {}}
+
+    full = train(cfg, tmp_path / "full", evaluate_fn=record)
+    state = load_checkpoint(full.last_checkpoint)
+    ema, raw = state["ema"]["model"], state["model"]
+    assert state["ema"]["updates"] == 4
+    assert any(not torch.equal(ema[k], raw[k]) for k in raw if raw[k].is_floating_point())
+    assert all(torch.equal(seen[-1][k], ema[k]) for k in ema)  # evaluation saw the EMA weights
+    from ssd.engine.checkpoint import model_weights
+
+    assert model_weights(state) is ema
+    det = ssd.Detector(None, full.last_checkpoint)
+    assert all(torch.equal(det.model.state_dict()[k], ema[k]) for k in ema)
+    part = train(ssd.config.replace(cfg, **{"train.max_iters": 2}), tmp_path / "part", evaluate_fn=_no_eval)
+    assert load_checkpoint(part.last_checkpoint)["ema"]["updates"] == 2
+    rest = train(cfg, tmp_path / "part", resume=True, evaluate_fn=_no_eval)
+    resumed = load_checkpoint(rest.last_checkpoint)["ema"]["model"]
+    assert all(torch.equal(resumed[k], ema[k]) for k in ema)
+
+
+def test_ema_update_formula(tmp_path: Path) -> None:
+    from ssd.engine.train import build_ema
+
+    cfg = tiny_cfg(tmp_path / "data", ema=True, ema_decay=0.5, ema_ramp=1.0)
+    model = ssd.build_model(cfg)
+    ema = build_ema(model, cfg)
+    w = next(model.parameters())
+    ema.update_parameters(model)  # the first update copies
+    before = next(ema.module.parameters()).detach().clone()
+    with torch.no_grad():
+        w.add_(1.0)
+    ema.update_parameters(model)  # update 2: d = 0.5 * (1 - exp(-1))
+    d = 0.5 * (1 - math.exp(-1.0))
+    assert torch.allclose(next(ema.module.parameters()), before * d + w.detach() * (1 - d))
