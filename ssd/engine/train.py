@@ -361,7 +361,7 @@ def _train(
                 "world_size": ctx.world_size,
                 "ema": None if ema is None else {
                     "model": ema.module.state_dict(), "updates": int(ema.n_averaged)
-                },  # fmt: skip
+                },
             },
             path,
         )
