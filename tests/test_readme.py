@@ -52,7 +52,8 @@ def readme_commands(text: str) -> list[str]:
     commands: list[str] = []
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
         joined = re.sub(r"\\\n\s*", " ", block)
-        commands += [line.strip() for line in joined.splitlines() if line.strip() and not line.startswith("#")]
+        lines = [line.strip() for line in joined.splitlines()]
+        commands += [line for line in lines if line and not line.startswith("#")]
     return commands
 
 
