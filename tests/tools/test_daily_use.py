@@ -253,3 +253,16 @@ def test_non_utf8_config_is_a_one_line_error(tmp_path: Path, capsys: pytest.Capt
         ssd.load_config(path)
     assert train_tool.main(["--config", str(path), "--output-dir", str(tmp_path / "r")]) == 2
     assert "latin1.yaml: not UTF-8" in _one_line_error(capsys)
+
+
+def test_bench_prior_check_times_the_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tools import bench_prior_check
+
+    boxes = [{"image_id": 1, "bbox": [0, 100, 2560, 55]}, {"image_id": 1, "bbox": [10, 10, 40, 40]}]
+    gt = {"images": [{"id": 1, "width": 2560, "height": 1920}], "annotations": boxes}
+    path = tmp_path / "boxes.json"
+    path.write_text(json.dumps(gt))
+    assert bench_prior_check.main(["--annotations", str(path), "--boxes", "10", "--repeat", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["boxes"] == 10 and out["distinct_boxes"] == 2 and out["num_priors"] == 24564
+    assert 0.0 <= out["recall"] <= 0.5  # the full-width band has no SSD512 prior at IoU 0.5
