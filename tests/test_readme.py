@@ -2,7 +2,7 @@
 
 The commands run in order, in-process (each tool's `main(argv)`, or the `-c` code), in a
 temporary working directory that holds a tiny variant of every file in configs/ under the same
-name: the README's own options and overrides apply on top of a width-1/8 model at a 272 input,
+name: the README's own options and overrides apply on top of a width-1/16 model at a 272 input,
 2 training iterations and 8 generated 320x240 images. Data the project does not ship is replaced
 by generated images: the Tianchi layout is generated into the config's root, NEU-DET and VOC
 become the synthetic set, `--device cuda` runs on the CPU
@@ -67,7 +67,7 @@ def tiny_config(path: Path) -> dict[str, Any]:
         data = {"format": "synthetic", "root": f"runs/data/{path.stem}", "classes": list(TIANCHI_CLASSES)}
     data.update(synthetic_num_images=8, synthetic_size=[320, 240], synthetic_val_fraction=0.25, num_workers=0)
     values["data"] = data
-    values["model"] = {"batch_norm": True, "width_mult": 0.125}
+    values["model"] = {"batch_norm": True, "width_mult": 0.0625}
     values["priors"] = dict(TINY_PRIORS)
     values["train"] = {
         **values.get("train", {}),
