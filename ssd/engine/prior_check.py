@@ -74,6 +74,9 @@ def check_priors(cfg: Config, out: Path | None) -> tuple[Config, dict[str, Any]]
     fitted priors to `out`/priors.yaml."""
     t = cfg.train
     boxes = records_to_boxes(build_records(cfg, "train"), cfg.priors.image_size)
+    if boxes.num_boxes == 0:
+        log.warning("prior check: the training split has no boxes; priors not checked")
+        return cfg, {"config": None, "auto_priors": t.auto_priors}
     before = prior_fit(cfg, boxes)
     report: dict[str, Any] = {
         "config": before, "min_recall": t.prior_check_min_recall, "auto_priors": t.auto_priors
@@ -105,7 +108,7 @@ def check_priors(cfg: Config, out: Path | None) -> tuple[Config, dict[str, Any]]
             )  # fmt: skip
             report["priors_config"] = str(path)
         cfg = fitted
-    elif before["num_gt"] and before["recall"] < t.prior_check_min_recall:
+    elif before["recall"] < t.prior_check_min_recall:
         command = optimize_command(out) if out is not None else "python -m tools.priors optimize ..."
         report["warning"] = command
         log.warning(
