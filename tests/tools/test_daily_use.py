@@ -39,17 +39,21 @@ def tiny_config(tmp: Path, **train: Any) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    """One tiny training run through the CLI; its --json summary."""
+    """The smoke config trained through the CLI (4 iterations, evaluated at the end); its --json
+    summary."""
     tmp = tmp_path_factory.mktemp("daily")
-    config = tiny_config(tmp)
     run = tmp / "run"
     import contextlib
     import io
 
+    from tests.conftest import REPO
+
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        rc = train_tool.main(["--config", str(config), "--output-dir", str(run), "--device", "cpu",
-                              "--quiet", "--json"])  # fmt: skip
+        rc = train_tool.main(["--config", str(REPO / "configs" / "smoke.yaml"), "--output-dir", str(run),
+                              "--set", f"data.root={tmp / 'data'}", "--set", "train.max_iters=4",
+                              "--set", "train.eval_every=4", "--set", "train.checkpoint_every=2",
+                              "--device", "cpu", "--quiet", "--json"])  # fmt: skip
     assert rc == 0
     return run, json.loads(out.getvalue())
 
@@ -67,6 +71,19 @@ def test_train_reports_per_class_ap_map_and_fps(trained: tuple[Path, dict[str, A
     state = load_checkpoint(run / "last.pt")
     assert state["class_names"] == list(ssd.load_config(run / "config.yaml").data.classes)
     assert state["config"] == config_to_dict(ssd.load_config(run / "config.yaml"))
+
+
+def test_tensorboard_gets_pr_curves_and_drawn_detections(trained: tuple[Path, dict[str, Any]]) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run, _ = trained
+    events = EventAccumulator(str(run / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    tags = events.Tags()["images"]
+    assert "eval/pr_curves" in tags
+    drawn = [t for t in tags if t.startswith("eval/detections/")]
+    assert 1 <= len(drawn) <= 4
+    assert events.Images(drawn[0])[-1].step == 4 and events.Images(drawn[0])[-1].width == 320
 
 
 def test_evaluate_from_the_checkpoint_alone_gives_the_training_figures(
@@ -128,7 +145,7 @@ def test_benchmark_and_export_take_the_checkpoint_alone(
     ckpt = str(run / "last.pt")
     assert benchmark_tool.main(["--checkpoint", ckpt, "--device", "cpu", "--iters", "1", "--warmup", "0",
                                 "--json"]) == 0  # fmt: skip
-    assert json.loads(capsys.readouterr().out)["image_size"] == TINY_PRIORS["image_size"]
+    assert json.loads(capsys.readouterr().out)["image_size"] == 320  # the smoke config's input
     assert export_tool.main(["--checkpoint", ckpt, "--onnx", str(tmp_path / "m.onnx"), "--no-verify"]) == 0
 
 
