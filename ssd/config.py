@@ -201,6 +201,19 @@ class TrainConfig:
     eval_every: int = 5000
     checkpoint_every: int = 5000
     max_bad_steps: int = 10
+    # At the start of a run: the fit of the priors to the training boxes (grid recall@0.5, mean
+    # grid IoU; ssd.priors.fit), logged and saved as prior_check.json; a warning with the
+    # `priors optimize` command when the recall is below `prior_check_min_recall`.
+    prior_check: bool = True
+    prior_check_min_recall: float = 0.8
+    # Fit the priors to the training boxes before training (coverage, kmeans = Chi et al.'s IoU
+    # k-means, chi) and train with them; the fitted prior config is saved as priors.yaml.
+    auto_priors: Literal["coverage", "kmeans", "chi"] | None = None
+    # Exponential moving average of the weights (evaluated and used for inference when on);
+    # decay ramps up as ema_decay * (1 - exp(-updates / ema_ramp)).
+    ema: bool = False
+    ema_decay: float = 0.9998
+    ema_ramp: float = 2000.0
 
 
 @dataclass(frozen=True)
@@ -208,6 +221,8 @@ class EvalConfig:
     metric: Literal["voc07", "area", "coco"] = "voc07"
     iou_threshold: float = 0.5
     batch_size: int = 8
+    # detections at or above this score count in the confusion matrix (classes + background)
+    confusion_score: float = 0.3
 
 
 @dataclass(frozen=True)
@@ -376,6 +391,11 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             text = p.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"{p}: cannot read config: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"{p}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                "save the config as UTF-8"
+            ) from exc
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -513,5 +533,9 @@ def validate(cfg: Config) -> None:
     _check(t.eval_every > 0, "train.eval_every", "must be positive")
     _check(t.checkpoint_every > 0, "train.checkpoint_every", "must be positive")
     _check(t.max_bad_steps > 0, "train.max_bad_steps", "must be positive")
+    _check(0 <= t.prior_check_min_recall <= 1, "train.prior_check_min_recall", "must be in [0, 1]")
+    _check(0 < t.ema_decay < 1, "train.ema_decay", "must be in (0, 1)")
+    _check(t.ema_ramp > 0, "train.ema_ramp", "must be positive")
     _check(0 < cfg.eval.iou_threshold < 1, "eval.iou_threshold", "must be in (0, 1)")
     _check(cfg.eval.batch_size > 0, "eval.batch_size", "must be positive")
+    _check(0 <= cfg.eval.confusion_score <= 1, "eval.confusion_score", "must be in [0, 1]")

@@ -13,7 +13,13 @@ from PIL import Image
 from torch import Tensor
 
 from ssd.config import Config
-from ssd.engine.checkpoint import load_checkpoint
+from ssd.engine.checkpoint import (
+    CheckpointMismatchError,
+    config_for_checkpoint,
+    describe_mismatch,
+    load_checkpoint,
+    model_weights,
+)
 from ssd.modeling.build import build_model
 from ssd.postprocess import postprocess
 from ssd.sliced import build_sliced_predictor
@@ -65,15 +71,21 @@ class Detector:
 
     `Detector(cfg, checkpoint=None, device="cpu")(images) -> list[Detections]`; boxes are xyxy in
     the pixels of each original image, labels in 1..C-1 (`class_names[label - 1]`).
+    `cfg=None` takes the config stored in the checkpoint (`Detector(None, "runs/x/best.pt")`).
+    A checkpoint that does not fit `cfg` raises `CheckpointMismatchError` (a ValueError).
     """
 
-    def __init__(self, cfg: Config, checkpoint: str | Path | None = None, device: str | torch.device = "cpu"):
+    def __init__(
+        self, cfg: Config | None, checkpoint: str | Path | None = None, device: str | torch.device = "cpu"
+    ):
+        state: dict[str, Any] | None = load_checkpoint(checkpoint) if checkpoint is not None else None
+        if cfg is None:
+            cfg = config_for_checkpoint(state, checkpoint)
         self.cfg = cfg
         self.device = torch.device(device)
         self.model = build_model(cfg)
-        if checkpoint is not None:
-            state: dict[str, Any] = load_checkpoint(checkpoint)
-            load_model_state(self.model, state["model"], str(checkpoint))
+        if state is not None:
+            load_model_state(self.model, model_weights(state), str(checkpoint), describe_mismatch(state, cfg))
         self.model.priors.freeze()
         self.model.to(self.device).eval()
         self.class_names = cfg.data.classes
@@ -105,19 +117,22 @@ class Detector:
         )
 
 
-def load_model_state(model: torch.nn.Module, state: dict[str, Tensor], source: str) -> None:
-    """Strict state-dict load with an error (ValueError) that names the checkpoint and the
-    mismatching keys or shapes."""
+def load_model_state(model: torch.nn.Module, state: dict[str, Tensor], source: str, hint: str = "") -> None:
+    """Strict state-dict load with a one-line error (`CheckpointMismatchError`, a ValueError)
+    that names the checkpoint, `hint` (e.g. `describe_mismatch`: the config keys that differ) and
+    the first mismatching keys or shapes."""
+    prefix = f"{source}: checkpoint does not fit the configured model" + (f" ({hint})" if hint else "")
     try:
         result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # size mismatches raise even with strict=False: keep a few lines
-        lines = [line.strip() for line in str(exc).splitlines()[1:4]]
-        detail = "; ".join(lines)
-        raise ValueError(f"{source}: checkpoint does not fit the configured model: {detail}") from exc
+    except RuntimeError as exc:  # size mismatches raise even with strict=False: keep the first one
+        lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+        detail = lines[0] if lines else str(exc).splitlines()[0]
+        more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+        raise CheckpointMismatchError(f"{prefix}: {detail}{more}") from exc
     problems = []
     if result.missing_keys:
         problems.append(f"missing {result.missing_keys[:5]}")
     if result.unexpected_keys:
         problems.append(f"unexpected {result.unexpected_keys[:5]}")
     if problems:
-        raise ValueError(f"{source}: checkpoint does not fit the configured model: {'; '.join(problems)}")
+        raise CheckpointMismatchError(f"{prefix}: {'; '.join(problems)}")

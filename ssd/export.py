@@ -29,10 +29,10 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
-from ssd.config import Config, config_from_dict, load_config
+from ssd.config import Config
 from ssd.detector import load_model_state
 from ssd.engine.benchmark import PipelineSettings, TensorOutputs
-from ssd.engine.checkpoint import CheckpointError, load_checkpoint
+from ssd.engine.checkpoint import config_for_checkpoint, describe_mismatch, load_checkpoint, model_weights
 from ssd.modeling.build import build_model
 from ssd.modeling.ssd import SSD
 from ssd.priors.coder import decode
@@ -50,32 +50,18 @@ def load_inference_model(
     """Config and eval-mode model (CPU, priors frozen) of a checkpoint and/or config file.
 
     The config comes from `config` when given (it overrides the checkpoint's), else from the
-    checkpoint's stored "config" dict, else the defaults; `overrides` (`key.path=value`) apply
-    last. Without a checkpoint the weights are random. Raises ConfigError / CheckpointError naming
-    the file; a state dict that does not fit the configured model raises CheckpointError.
+    checkpoint's stored "config" dict (a checkpoint without one is an error asking for
+    `--config`), else the defaults; `overrides` (`key.path=value`) apply last. Without a
+    checkpoint the weights are random. Raises ConfigError / CheckpointError naming the file; a
+    state dict that does not fit the configured model raises CheckpointMismatchError.
     """
     state: dict[str, Any] | None = None
     if checkpoint is not None:
         state = load_checkpoint(checkpoint)
-    if config is not None:
-        cfg = load_config(config, overrides)
-    elif state is not None and isinstance(state.get("config"), dict):
-        cfg = config_from_dict(state["config"], overrides)
-    else:
-        if state is not None:
-            log.warning("%s has no stored config; using the defaults", checkpoint)
-        cfg = config_from_dict({}, overrides)
+    cfg = config_for_checkpoint(state, checkpoint, config, overrides)
     model = build_model(cfg)
     if state is not None:
-        try:
-            load_model_state(model, state["model"], str(checkpoint))
-        except ValueError as exc:  # missing / unexpected keys, message names the file
-            raise CheckpointError(str(exc)) from exc
-        except RuntimeError as exc:  # shape mismatches: keep the first few of torch's lines
-            lines = [line.strip() for line in str(exc).splitlines()[1:4]]
-            raise CheckpointError(
-                f"{checkpoint}: checkpoint does not fit the configured model: {'; '.join(lines)}"
-            ) from exc
+        load_model_state(model, model_weights(state), str(checkpoint), describe_mismatch(state, cfg))
     model.priors.freeze()
     return cfg, model.eval()
 
@@ -182,9 +168,10 @@ def verify_onnx(
     with_nms: bool = False,
     atol: float = 1e-4,
     rtol: float = 1e-4,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """Run the ONNX file with onnxruntime (CPU) and PyTorch on `images` [N, 3, S, S]
-    (normalised) and compare.
+    """Run the ONNX file with onnxruntime (CPU) and PyTorch (on `device`) on `images`
+    [N, 3, S, S] (normalised) and compare.
 
     Network graph: one batch of N; `max_abs_diff` over logits and deltas, `ok` when every
     element is within `atol + rtol * max|reference|`. NMS graph: image by image; `ok` when each
@@ -193,12 +180,13 @@ def verify_onnx(
     same class (near-equal scores may be ordered differently). Returns a JSON-ready report.
     """
     session = _onnx_session(path)
-    model = model.eval().cpu()
+    dev = torch.device(device)
+    model = model.eval().to(dev)
     images = images.float().cpu()
     report: dict[str, Any] = {"onnx": str(path), "with_nms": with_nms, "num_images": int(images.shape[0])}
     with torch.no_grad():
         if not with_nms:
-            ref = [t.numpy() for t in TensorOutputs(model)(images)]
+            ref = [t.cpu().numpy() for t in TensorOutputs(model)(images.to(dev))]
             got = session.run(None, {"images": images.numpy()})
             diffs = {name: _max_abs(g, r) for name, g, r in zip(("cls_logits", "box_deltas"), got, ref)}
             scale = max(float(np.abs(r).max()) for r in ref)
@@ -217,7 +205,7 @@ def verify_onnx(
         all_ok = True
         for i in range(images.shape[0]):
             x = images[i : i + 1]
-            rb, rs, rl = (t.numpy() for t in module(x))
+            rb, rs, rl = (t.cpu().numpy() for t in module(x.to(dev)))
             gb, gs, gl = session.run(None, {"images": x.numpy()})
             same_count = len(rs) == len(gs)
             same_labels = same_count and sorted(rl.tolist()) == sorted(gl.tolist())

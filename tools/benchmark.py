@@ -157,13 +157,12 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(exc) if isinstance(exc, argparse.ArgumentTypeError) else f"--orig-size: {exc}")
     if any(b <= 0 for b in batch_sizes) or height <= 0 or width <= 0:
         return fail("--batch-size and --orig-size must be positive")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else None
+    from ssd.engine.device import resolve_device
+
     try:
-        device = device or torch.device(args.device)
-    except RuntimeError as exc:
-        return fail(f"--device: {exc}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        return fail("--device cuda: CUDA is not available on this machine")
+        device = resolve_device(args.device)
+    except USAGE_ERRORS as exc:
+        return fail(str(exc))
     warmup = args.warmup if args.warmup is not None else (10 if device.type == "cuda" else 2)
     iters = args.iters if args.iters is not None else (50 if device.type == "cuda" else 10)
     if warmup < 0 or iters <= 0:

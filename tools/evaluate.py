@@ -5,8 +5,12 @@ Two modes:
 * predictions: ``--annotations GT.json --predictions PRED.json`` (COCO format: GT with
   images/annotations/categories, predictions a list of {image_id, category_id, bbox xywh px,
   score}). ``iscrowd`` GT boxes count as VOC "difficult".
-* checkpoint: ``--config CFG --checkpoint CKPT [--split val] [--set k=v ...] [--device D]``
-  evaluates a trained model on the dataset of the config (``ssd.engine.evaluate``).
+* checkpoint: ``--checkpoint CKPT [--config CFG] [--split val] [--set k=v ...] [--device D]``
+  evaluates a trained model on its dataset (``ssd.engine.evaluate``). The checkpoint carries its
+  config; ``--config``/``--set`` override it. Besides the AP table it measures end-to-end FPS on
+  the device (batch ``--speed-batch-size``, fp32; ``--no-speed`` skips it) and the confusion
+  matrix (classes + background, at ``eval.confusion_score``); ``--output-dir`` also writes
+  confusion_matrix.png.
 
 ``--metric voc07|area`` (default voc07) at ``--iou`` (default 0.5): ``mAP`` is the mean of the
 per-class AP over classes with ground truth (classes without are null and listed in
@@ -27,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ssd.data.records import DatasetError
+from ssd.engine.device import resolve_device
 
 METRICS = ("voc07", "area", "coco")
 
@@ -56,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-dir", type=Path, default=None, help="write report.md, pr_curves.png, results.json"
     )
     p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-speed", action="store_true", help="checkpoint mode: skip the FPS measurement")
+    p.add_argument(
+        "--speed-batch-size", type=int, default=1, help="checkpoint mode: batch size of the FPS measurement"
+    )
     return p
 
 
@@ -143,41 +153,72 @@ def evaluate_predictions_cli(args: argparse.Namespace) -> int:
 
 
 def evaluate_checkpoint_cli(args: argparse.Namespace) -> int:
-    """Checkpoint mode: evaluate `--checkpoint` on the `--split` of the `--config` dataset through
-    `ssd.engine.evaluate.evaluate_checkpoint(cfg, checkpoint, split, device)`."""
-    from ssd.config import ConfigError, load_config
+    """Checkpoint mode: evaluate `--checkpoint` on the `--split` of its dataset: the config stored
+    in the checkpoint, or `--config` when given; `--set` overrides either."""
+    from ssd.config import ConfigError
     from ssd.engine.checkpoint import CheckpointError
 
-    if args.config is None or args.checkpoint is None:
-        return _error("checkpoint mode needs both --config and --checkpoint")
+    if args.checkpoint is None:
+        return _error(
+            "checkpoint mode needs --checkpoint (--config is optional: the checkpoint carries its config)"
+        )
     overrides = list(args.set)
     if args.metric is not None:
         overrides.append(f"eval.metric={args.metric}")
     if args.iou is not None:
         overrides.append(f"eval.iou_threshold={args.iou}")
-    try:
-        cfg = load_config(args.config, overrides)
-    except (ConfigError, FileNotFoundError) as e:
-        return _error(str(e))
-    if not args.checkpoint.is_file():
-        return _error(f"{args.checkpoint}: checkpoint not found")
-    try:
-        from ssd.engine.evaluate import evaluate_checkpoint  # written with the training engine
-    except ImportError as e:
-        return _error(f"checkpoint evaluation is unavailable (ssd.engine.evaluate: {e})")
-    import torch
+    from tqdm import tqdm
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from ssd.data.loader import build_records
+    from ssd.engine.evaluate import (
+        load_for_evaluation,
+        measure_speed,
+        predict_split,
+        score_with_result,
+        typical_image_size,
+    )
+    from ssd.evaluation.report import plot_pr_curves, summary_text, write_run_report
+
     split = args.split or "val"
     try:
-        out = evaluate_checkpoint(cfg, args.checkpoint, split, device)
+        device = resolve_device(args.device or "auto")
+        cfg, model = load_for_evaluation(args.checkpoint, None, args.config, overrides)
+        model.to(device)
+        total = len(build_records(cfg, split))
+        with tqdm(total=total, desc=f"evaluate {split}", file=sys.stderr, disable=args.quiet) as bar:
+            detections = predict_split(model, cfg, split, device, bar.update)
+        summary, result = score_with_result(cfg, split, detections)
+        speed = None
+        if not args.no_speed:
+            speed = measure_speed(
+                model, cfg, device, batch_size=args.speed_batch_size, orig_size=typical_image_size(cfg, split)
+            )
     except (ConfigError, DatasetError, CheckpointError, FileNotFoundError) as e:
         return _error(str(e))
-    result = out if hasattr(out, "to_dict") else None
-    summary = dict(result.to_dict() if result is not None else out)
-    sources = {"config": str(args.config), "checkpoint": str(args.checkpoint), "split": split}
+    sources = {
+        "config": str(args.config or f"{args.checkpoint} (stored)"),
+        "checkpoint": str(args.checkpoint),
+        "split": split,
+    }
     summary.update(sources)
-    _emit(summary, result, args, sources)
+    summary["speed"] = speed
+    summary["sources"] = sources
+    if args.output_dir is not None:
+        paths = write_run_report(summary, args.output_dir, f"Evaluation of {args.checkpoint} on {split}")
+        if hasattr(result, "precision"):
+            curves = "COCO interpolated PR at IoU 0.5" if cfg.eval.metric == "coco" else "PR curves"
+            paths["plot"] = plot_pr_curves(
+                result.precision, result.recall, result.per_class_ap, Path(args.output_dir) / "pr_curves.png",
+                curves,
+            )  # fmt: skip
+        if not args.json:
+            for path in paths.values():
+                print(f"wrote {path}")
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{args.checkpoint} on {split} ({summary.get('metric')}, {total} images)")
+        print(summary_text(summary), end="")
     skipped = summary.get("skipped_images") or []
     if skipped:  # data.skip_invalid: scored without them
         print(
@@ -200,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     if predictions_mode and checkpoint_mode:
         return _error("use either --annotations/--predictions or --config/--checkpoint, not both")
     if predictions_mode:
-        if args.set or args.split is not None or args.device is not None:
+        if args.set or args.split is not None or args.device is not None or args.no_speed:
             return _error("--set, --split and --device apply to checkpoint mode (--config/--checkpoint) only")
         return evaluate_predictions_cli(args)
     if checkpoint_mode:

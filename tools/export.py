@@ -39,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--atol", type=float, default=1e-4)
     parser.add_argument("--rtol", type=float, default=1e-4)
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check")
+    parser.add_argument(
+        "--device", default="cpu",
+        help="device of the PyTorch reference in the onnxruntime check: auto, cpu, cuda, cuda:N (the "
+        "graph is traced on the CPU)",
+    )  # fmt: skip
     parser.add_argument("--output-dir", help="also write export_report.json here")
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     args = parser.parse_args(argv)
@@ -58,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"--sample-size: expected HxW, e.g. 375x500, got {args.sample_size!r}")
     if args.num_samples <= 0 or height <= 0 or width <= 0:
         return fail("--num-samples and --sample-size must be positive")
+    from ssd.engine.device import resolve_device
+
     try:
+        device = resolve_device(args.device)
         cfg, model = load_inference_model(args.checkpoint, args.config, args.overrides)
     except USAGE_ERRORS as exc:
         return fail(str(exc))
@@ -82,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_verify:
         images = random_images(args.num_samples, height, width, args.seed)
         x, _ = preprocess(images, settings.image_size, settings.mean, settings.std, torch.device("cpu"))
-        check = verify_onnx(path, model, x, settings, with_nms=args.with_nms, atol=args.atol, rtol=args.rtol)
+        check = verify_onnx(
+            path, model, x, settings, with_nms=args.with_nms, atol=args.atol, rtol=args.rtol, device=device
+        )
         report["verification"] = check
         ok = bool(check["ok"])
     if args.output_dir:

@@ -25,8 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     add_config_args(parser, required=False)
     parser.add_argument("--output-dir", default="runs/train", help="run folder (checkpoints, logs)")
     parser.add_argument(
-        "--device", default="cpu", help="cpu, cuda, cuda:1, ... (under torchrun: cuda means cuda:LOCAL_RANK)"
-    )
+        "--device", default="auto",
+        help="auto (CUDA when present), cpu, cuda, cuda:N (under torchrun: cuda means cuda:LOCAL_RANK)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="start a new run in an OUTPUT_DIR that holds one, removing its checkpoints and logs",
+    )  # fmt: skip
     parser.add_argument(
         "--resume", nargs="?", const=True, default=False,
         help="continue from OUTPUT_DIR/last.pt (or the given checkpoint)",
@@ -47,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     if not main_process:  # one voice: other ranks report warnings and errors only
         logging.getLogger().setLevel(logging.WARNING)
 
+    from ssd.engine.device import resolve_device
+
     try:
+        device = resolve_device(args.device)  # before anything is created
         cfg = config_from_args(args)
     except USAGE_ERRORS as exc:
         return fail(str(exc))
@@ -61,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         bar.refresh()
 
     try:
-        result = train(cfg, args.output_dir, device=args.device, resume=args.resume, progress=progress)
+        result = train(
+            cfg, args.output_dir, device=device, resume=args.resume, progress=progress,
+            overwrite=args.overwrite,
+        )  # fmt: skip
     except TrainingInterrupted as exc:
         bar.close()
         if main_process:
@@ -89,11 +100,19 @@ def main(argv: list[str] | None = None) -> int:
         "skipped_steps": result.skipped_steps,
         "skipped_images": result.skipped_images,
         "learned_config": str(result.learned_config) if result.learned_config else None,
+        "report": result.report,
     }
     if args.json:
         print_json(summary)
     else:
-        print(f"done: {result.iteration} iterations, best mAP {result.best_map}, run in {result.output_dir}")
+        from ssd.evaluation.report import summary_text
+
+        if result.report is not None:
+            print(f"final model (iteration {result.iteration}) on the val split:")
+            print(summary_text(result.report), end="")
+        best = "n/a" if result.best_map is None else f"{result.best_map:.4f}"
+        print(f"done: {result.iteration} iterations, best mAP {best}, run in {result.output_dir} "
+              "(report.md, results.json)")  # fmt: skip
         if result.skipped_images:
             names = ", ".join(sorted(result.skipped_images))
             n = len(result.skipped_images)

@@ -18,7 +18,7 @@ import torch
 
 from ssd.config import Config, ConfigError, replace
 from ssd.data.loader import build_records
-from ssd.engine.checkpoint import load_checkpoint
+from ssd.engine.checkpoint import load_checkpoint, model_weights
 from ssd.engine.evaluate import evaluate_model
 from ssd.engine.train import train
 from ssd.modeling.build import build_model
@@ -144,14 +144,15 @@ def compare(
                 progress(_name, it, scalars)
 
         chance = untrained_map(cfg, dev)
-        result = train(cfg, run_dir, device=dev, resume=resume, progress=step)
+        # a variant folder without a checkpoint holds at most an unfinished start: begin it again
+        result = train(cfg, run_dir, device=dev, resume=resume, progress=step, overwrite=not resume)
         final_cfg = cfg
         if result.learned_config is not None:
             from ssd.config import load_config
 
             final_cfg = load_config(result.learned_config)
         model = build_model(final_cfg)
-        model.load_state_dict(load_checkpoint(result.last_checkpoint)["model"])
+        model.load_state_dict(model_weights(load_checkpoint(result.last_checkpoint)))
         model.priors.freeze()
         model.to(dev)
         metrics = result.final_metrics

@@ -14,7 +14,7 @@ from ssd.config import Config
 from ssd.data.loader import build_eval_loader, build_records, checked
 from ssd.data.records import DatasetError, Record
 from ssd.detector import load_model_state
-from ssd.engine.checkpoint import load_checkpoint
+from ssd.engine.checkpoint import config_for_checkpoint, describe_mismatch, load_checkpoint, model_weights
 from ssd.modeling.build import build_model
 from ssd.modeling.ssd import SSD
 from ssd.postprocess import postprocess
@@ -100,7 +100,18 @@ def score(
     """Score detections against the ground truth (difficult boxes ignored): of exactly the
     images that were read when given `SplitPredictions` (the skipped ones are listed in
     "skipped_images" with the file and the reason, and counted in "num_skipped"), of every
-    usable record of the split when given a plain dict. "num_images" is the number scored."""
+    usable record of the split when given a plain dict. "num_images" is the number scored;
+    "confusion_matrix" the matrix of `confusion`."""
+    return score_with_result(cfg, split, detections, metric)[0]
+
+
+def score_with_result(
+    cfg: Config,
+    split: str,
+    detections: dict[str, Detections] | SplitPredictions,
+    metric: str | None = None,
+) -> tuple[dict[str, Any], Any]:
+    """`score`'s dict and the result object (`VOCResult` / `CocoResult`: PR curves per class)."""
     from ssd.evaluation.voc import GroundTruth, evaluate_voc
 
     metric = metric or cfg.eval.metric
@@ -119,34 +130,121 @@ def score(
         ],
     }
     if metric == "coco":
-        from ssd.evaluation.coco import detections_to_coco, evaluate_coco, gt_to_coco
+        from ssd.evaluation.coco import coco_eval, detections_to_coco, gt_to_coco
 
         ids = list(range(1, len(records) + 1))
         sizes = [(r.height, r.width) for r in records]
-        result = evaluate_coco(gt_to_coco(gts, cfg.data.classes, ids, sizes), detections_to_coco(dets, ids))
-        return {**result, **extra}
+        coco = coco_eval(gt_to_coco(gts, cfg.data.classes, ids, sizes), detections_to_coco(dets, ids))
+        return {**coco.to_dict(), "confusion_matrix": confusion(cfg, gts, dets), **extra}, coco
     if metric not in ("voc07", "area"):
         raise ValueError(f"eval.metric: unknown metric {metric!r}")
     voc = evaluate_voc(
         gts, dets, cfg.data.classes, cfg.eval.iou_threshold, "voc07" if metric == "voc07" else "area"
     )
-    return {**voc.to_dict(), **extra}
+    return {**voc.to_dict(), "confusion_matrix": confusion(cfg, gts, dets), **extra}, voc
 
 
-def evaluate_model(model: SSD, cfg: Config, split: str, device: torch.device) -> dict[str, Any]:
+def confusion(cfg: Config, gts: list[Any], dets: list[Detections]) -> dict[str, Any]:
+    """The confusion matrix (classes + background, see `ssd.evaluation.confusion`) at
+    `eval.confusion_score` and `eval.iou_threshold`, JSON-ready."""
+    from ssd.evaluation.confusion import confusion_matrix
+
+    matrix = confusion_matrix(
+        gts,
+        dets,
+        len(cfg.data.classes),
+        iou_threshold=cfg.eval.iou_threshold,
+        score_threshold=cfg.eval.confusion_score,
+    )
+    return {
+        "labels": [*cfg.data.classes, "background"],
+        "matrix": matrix.tolist(),
+        "score_threshold": cfg.eval.confusion_score,
+        "iou_threshold": cfg.eval.iou_threshold,
+    }
+
+
+def evaluate_model(
+    model: SSD,
+    cfg: Config,
+    split: str,
+    device: torch.device,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
     """Predict and score one split (exactly the images that were read); returns at least "mAP",
-    "per_class_ap", "num_images" and the skipped images ("num_skipped", "skipped_images")."""
-    return score(cfg, split, predict_split(model, cfg, split, device))
+    "per_class_ap", "num_gt", "confusion_matrix", "num_images" and the skipped images
+    ("num_skipped", "skipped_images"). `progress(n)` is called with the number of images of
+    each batch."""
+    return score(cfg, split, predict_split(model, cfg, split, device, progress))
+
+
+def measure_speed(
+    model: SSD,
+    cfg: Config,
+    device: torch.device,
+    *,
+    batch_size: int = 1,
+    precision: str = "fp32",
+    iters: int | None = None,
+    orig_size: tuple[int, int] = (375, 500),
+) -> dict[str, Any]:
+    """End-to-end speed of `model` on `device` (pre-processing of uint8 images, network, decode,
+    NMS, rescale; `ssd.engine.benchmark`), median of `iters` timed iterations (default 10 on the
+    CPU, 50 on CUDA) after warm-up. Returns the figures the reports print: `end_to_end_fps`,
+    `network_fps`, `median_ms`, `batch_size`, `precision`, `device`, `device_name`, `iters`,
+    `orig_size`. The model is left in eval mode on `device`."""
+    from ssd.engine.benchmark import benchmark, build_pipeline_settings
+
+    cuda = device.type == "cuda"
+    n = iters if iters is not None else (50 if cuda else 10)
+    res = benchmark(
+        model, model.priors().detach(), build_pipeline_settings(cfg), batch_size=batch_size,
+        precision=precision, device=device, warmup=10 if cuda else 2, iters=n, orig_size=orig_size,
+        flops=False,
+    )  # fmt: skip
+    return {
+        "end_to_end_fps": res["end_to_end_fps"],
+        "network_fps": res["network_fps"],
+        "median_ms": res["end_to_end"]["median_ms"],
+        "batch_size": batch_size,
+        "precision": precision,
+        "device": str(device),
+        "device_name": res["device_name"],
+        "iters": n,
+        "orig_size": list(orig_size),
+    }
+
+
+def typical_image_size(cfg: Config, split: str) -> tuple[int, int]:
+    """(height, width) of the first image of a split (what the speed figure is measured at)."""
+    records = build_records(cfg, split)
+    return (int(records[0].height), int(records[0].width)) if records else (375, 500)
+
+
+def load_for_evaluation(
+    checkpoint: str | Path,
+    cfg: Config | None = None,
+    config: str | Path | None = None,
+    overrides: tuple[str, ...] | list[str] = (),
+) -> tuple[Config, SSD]:
+    """The config and the model (CPU, priors frozen, eval mode) of a checkpoint: `cfg` when given,
+    else `config` (a file; `overrides` apply), else the config stored in the checkpoint (with
+    `overrides`). A checkpoint that does not fit the config raises `CheckpointMismatchError`."""
+    state = load_checkpoint(checkpoint)
+    if cfg is None:
+        cfg = config_for_checkpoint(state, checkpoint, config, overrides)
+    model = build_model(cfg)
+    load_model_state(model, model_weights(state), str(checkpoint), describe_mismatch(state, cfg))
+    model.priors.freeze()
+    return cfg, model.eval()
 
 
 def evaluate_checkpoint(
-    cfg: Config, checkpoint: str | Path, split: str = "val", device: str | torch.device = "cpu"
+    cfg: Config | None, checkpoint: str | Path, split: str = "val", device: str | torch.device = "cpu"
 ) -> dict[str, Any]:
-    """Load a checkpoint into the configured model and evaluate it on `split`."""
+    """Load a checkpoint into the configured model (`cfg=None`: the config stored in the
+    checkpoint) and evaluate it on `split`."""
     dev = torch.device(device)
-    model = build_model(cfg)
-    state = load_checkpoint(checkpoint)
-    load_model_state(model, state["model"], str(checkpoint))
-    model.priors.freeze()
+    cfg, model = load_for_evaluation(checkpoint, cfg)
     model.to(dev)
     return evaluate_model(model, cfg, split, dev)

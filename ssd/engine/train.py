@@ -22,6 +22,7 @@ import math
 import os
 import signal
 import time
+import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ssd.config import Config, config_from_dict, config_to_dict, save_config
+from ssd.config import Config, ConfigError, config_from_dict, config_to_dict, save_config
 from ssd.data.loader import build_train_loader, checked
 from ssd.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ssd.engine.distributed import DistContext, setup_distributed
@@ -48,6 +49,44 @@ ProgressFn = Callable[[int, dict[str, float]], None]
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. too many non-finite losses in a row)."""
+
+
+class RunFolderError(ConfigError):
+    """The run folder already holds a run: continue it (--resume), choose a new folder, or
+    replace it (--overwrite)."""
+
+
+# what a run writes into its folder; --overwrite removes exactly these
+RUN_FILES = (
+    "config.yaml", "last.pt", "best.pt", "metrics.jsonl", "report.md", "results.json",
+    "confusion_matrix.png", "pr_curves.png", "prior_check.json", "priors.yaml", "learned_priors.yaml",
+    "learned_priors.png",
+)  # fmt: skip
+RUN_DIRS = ("tb",)
+
+
+def check_run_folder(out: Path, resume: bool | str | Path, overwrite: bool) -> None:
+    """Refuse to start a new run in a folder that holds one (its checkpoints and metrics would be
+    overwritten or mixed); with `overwrite` remove that run's files (only those, see RUN_FILES)."""
+    if resume or not out.exists():
+        return
+    found = [n for n in RUN_FILES if (out / n).exists()] + [n for n in RUN_DIRS if (out / n).is_dir()]
+    if not found:
+        return
+    if not overwrite:
+        raise RunFolderError(
+            f"{out}: already holds a run ({', '.join(found[:4])}); continue it with --resume, "
+            "choose a new --output-dir, or replace it with --overwrite"
+        )
+    import shutil
+
+    for name in found:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    log.warning("%s: --overwrite: removed the previous run's %s", out, ", ".join(found))
 
 
 class TrainingInterrupted(RuntimeError):
@@ -73,6 +112,9 @@ class TrainResult:
     # training samples replaced because their image could not be read (data.skip_invalid), by
     # image id: how many times each was skipped in this process's run
     skipped_images: dict[str, int] = field(default_factory=dict)
+    report: dict[str, Any] | None = None  # the final model's report (also report.md / results.json)
+    prior_check: dict[str, Any] | None = None  # the prior check at the start (also prior_check.json)
+    config: Config | None = None  # the config trained with (auto_priors: with the fitted priors)
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -122,6 +164,23 @@ def build_optimizer(model: SSD, cfg: Config) -> torch.optim.Optimizer:
     if t.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=t.lr, betas=(t.momentum, 0.999), fused=fused or None)
     return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, fused=fused or None)
+
+
+def build_ema(model: SSD, cfg: Config) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of `model`'s parameters and buffers (BN statistics), as
+    mmdetection's EMAHook and ultralytics' ModelEMA keep: after each optimizer step
+    ema = d * ema + (1 - d) * weights with d = ema_decay * (1 - exp(-updates / ema_ramp)), so
+    the early, fast-moving weights are not averaged in for long. Evaluation, best.pt selection,
+    the final report and inference (`ssd.engine.checkpoint.model_weights`) use the EMA weights."""
+    decay, ramp = cfg.train.ema_decay, cfg.train.ema_ramp
+
+    def ema_update(
+        averaged: torch.Tensor, current: torch.Tensor, updates: torch.Tensor | int
+    ) -> torch.Tensor:
+        d = decay * (1.0 - math.exp(-float(updates) / ramp))
+        return averaged * d + current * (1.0 - d)
+
+    return torch.optim.swa_utils.AveragedModel(model, avg_fn=ema_update, use_buffers=True)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, factor: float) -> float:
@@ -183,8 +242,13 @@ def train(
     resume: bool | str | Path = False,
     progress: ProgressFn | None = None,
     evaluate_fn: Callable[[SSD, Config, torch.device], dict[str, Any]] | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train `cfg` into `output_dir` (config.yaml, last.pt, best.pt, metrics.jsonl, tb/).
+
+    A folder that already holds a run is refused (`RunFolderError`) unless `resume` (continue it)
+    or `overwrite` (its run files are removed first). `device`: see `ssd.engine.device` (an
+    unavailable device raises `DeviceError` before anything is created).
 
     `resume=True` continues from `output_dir/last.pt` (a path selects another checkpoint); the
     checkpoint's config must equal `cfg` except for `train.max_iters`. `evaluate_fn(model, cfg,
@@ -196,9 +260,15 @@ def train(
     history (all-reduced losses), best mAP and final metrics. On CUDA each process uses
     `cuda:LOCAL_RANK`.
     """
-    ctx = setup_distributed(device)
+    from ssd.engine.device import resolve_device
+
+    dev = resolve_device(device)
+    out = Path(output_dir)
+    if int(os.environ.get("RANK", "0")) == 0:
+        check_run_folder(out, resume, overwrite)
+    ctx = setup_distributed(dev)
     try:
-        return _train(cfg, Path(output_dir), ctx, resume, progress, evaluate_fn)
+        return _train(cfg, out, ctx, resume, progress, evaluate_fn)
     finally:
         ctx.close()
 
@@ -213,6 +283,14 @@ def _train(
 ) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     dev = ctx.device
+    prior_check: dict[str, Any] | None = None
+    if resume and cfg.train.auto_priors is not None:
+        cfg = _resumed_auto_priors(cfg, out / "last.pt" if resume is True else Path(resume))
+    elif not resume and (cfg.train.prior_check or cfg.train.auto_priors is not None):
+        from ssd.engine.prior_check import check_priors
+
+        with ctx.main_first():  # rank 0 may generate the synthetic dataset; the others then read it
+            cfg, prior_check = check_priors(cfg, out if ctx.is_main else None)
     torch.manual_seed(cfg.seed)  # model initialisation; data randomness has its own generators
     if ctx.distributed:
         log.info(
@@ -229,6 +307,8 @@ def _train(
         cfg.matcher.iou_threshold, cfg.loss.neg_pos_ratio, cfg.priors.variances, cfg.loss.loc_weight
     )
     aids = PriorAids.from_config(cfg) if cfg.priors.learnable else None
+    ema = build_ema(model, cfg) if cfg.train.ema else None
+    eval_model = model if ema is None else typing.cast(SSD, ema.module)  # what evaluation sees
 
     start = 0
     best_map: float | None = None
@@ -247,7 +327,16 @@ def _train(
         start = int(state["iteration"])
         best_map = state.get("best_map")
         skipped_total = int(state.get("skipped_steps", 0))
+        if ema is not None:
+            if not isinstance(state.get("ema"), dict):
+                raise CheckpointError(f"{ckpt_path}: train.ema is on but the checkpoint has no EMA weights")
+            ema.module.load_state_dict(state["ema"]["model"])
+            ema.n_averaged.fill_(int(state["ema"]["updates"]))
         log.info("resumed from %s at iteration %d", ckpt_path, start)
+        if ctx.is_main:
+            dropped = truncate_metrics(out / "metrics.jsonl", start)
+            if dropped:
+                log.info("metrics.jsonl: dropped %d rows past the checkpoint's iteration %d", dropped, start)
     elif ctx.is_main:
         save_config(cfg, out / "config.yaml")
     # What the step calls: `model` itself, or DistributedDataParallel(model) (gradient averaging).
@@ -269,18 +358,25 @@ def _train(
                 "iteration": it,
                 "rng": rng_state(),
                 "config": config_to_dict(cfg),
+                "class_names": list(cfg.data.classes),
                 "best_map": best_map,
                 "skipped_steps": skipped_total,
                 "world_size": ctx.world_size,
+                "ema": None if ema is None else {
+                    "model": ema.module.state_dict(), "updates": int(ema.n_averaged)
+                },
             },
             path,
         )
 
     if evaluate_fn is None:
-        from ssd.engine.evaluate import evaluate_model
+        from ssd.engine.evaluate import predict_split, score_with_result
 
         def evaluate_fn(m: SSD, c: Config, d: torch.device) -> dict[str, Any]:
-            return evaluate_model(m, c, "val", d)
+            detections = predict_split(m, c, "val", d)
+            summary, result = score_with_result(c, "val", detections)
+            _log_eval_visuals(writer, c, result, detections.detections, it)  # `it`: the iteration evaluated
+            return summary
 
     final_metrics: dict[str, Any] | None = None
     it = start
@@ -352,6 +448,8 @@ def _train(
                     scaler.unscale_(optimizer)
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
                 scaler.step(optimizer)
+                if ema is not None:
+                    ema.update_parameters(model)
                 scaler.update()
                 it += 1
 
@@ -375,7 +473,7 @@ def _train(
                 if do_eval:
                     if ctx.is_main:
                         with torch.random.fork_rng(devices=[]):  # resuming from last.pt sees the same RNG
-                            final_metrics = evaluate_fn(model, cfg, dev)
+                            final_metrics = evaluate_fn(eval_model, cfg, dev)
                         m = float(final_metrics["mAP"])
                         writer.add_scalar("eval/mAP", m, it)
                         for name, ap in final_metrics.get("per_class_ap", {}).items():
@@ -393,6 +491,7 @@ def _train(
         writer.close()
         metrics_file.close()
     learned_config = None
+    learned_cfg = cfg
     if cfg.priors.learnable:
         learned_config = out / "learned_priors.yaml"
         if ctx.is_main:
@@ -403,6 +502,9 @@ def _train(
             log.info("initial and learned prior shapes over the training boxes: %s", plot)
     elif not last_path.exists():  # resumed at max_iters: nothing ran
         checkpoint(it, last_path)
+    report: dict[str, Any] | None = None
+    if ctx.is_main and final_metrics is not None:
+        report = _final_report(eval_model, learned_cfg, dev, final_metrics, out, it)
     ctx.barrier()  # rank 0's files are complete before any process returns
     return TrainResult(
         output_dir=out,
@@ -415,7 +517,68 @@ def _train(
         history=history,
         learned_config=learned_config,
         skipped_images=skipped_images,
+        report=report,
+        prior_check=prior_check,
+        config=cfg,
     )
+
+
+def _final_report(
+    model: SSD, cfg: Config, dev: torch.device, metrics: dict[str, Any], out: Path, iteration: int
+) -> dict[str, Any]:
+    """The end-of-training report of the final model: its last evaluation (per-class AP with GT
+    counts, mAP, confusion matrix) and its end-to-end speed on the training device (batch 1,
+    fp32), logged and written to `out`/report.md and results.json."""
+    from ssd.engine.evaluate import measure_speed, typical_image_size
+    from ssd.evaluation.report import write_run_report
+
+    try:
+        size = typical_image_size(cfg, "val")
+        speed: dict[str, Any] | None = measure_speed(model, cfg, dev, orig_size=size)
+    except RuntimeError as exc:  # e.g. out of memory: the metrics still get reported
+        log.warning("end-to-end speed not measured: %s", exc)
+        speed = None
+    sources = {"run": str(out), "checkpoint": str(out / "last.pt"), "iteration": iteration, "split": "val"}
+    summary = {**metrics, "speed": speed, "sources": sources}
+    write_run_report(summary, out, f"Training run {out.name}: final model, iteration {iteration}, val split")
+    fps = "n/a" if speed is None else f"{speed['end_to_end_fps']:.2f}"
+    log.info("final model (iteration %d): mAP %s, %s FPS end to end; %s", iteration, metrics.get("mAP"), fps,
+             out / "report.md")  # fmt: skip
+    return summary
+
+
+def _log_eval_visuals(
+    writer: Any, cfg: Config, result: Any, detections: dict[str, Any], it: int, num_images: int = 4
+) -> None:
+    """TensorBoard at each evaluation: the per-class PR curves (one figure) and the first
+    `num_images` validation images with their ground truth (green) and detections at or above
+    `eval.confusion_score` (red, labelled with class and score)."""
+    if isinstance(writer, _NullWriter):
+        return
+    from torchvision.utils import draw_bounding_boxes
+
+    from ssd.data.loader import build_records, load_image
+    from ssd.evaluation.report import figure_to_chw, pr_curves_figure
+
+    if hasattr(result, "precision"):
+        fig = pr_curves_figure(result.precision, result.recall, result.per_class_ap, f"iteration {it}")
+        writer.add_image("eval/pr_curves", figure_to_chw(fig), it)
+    names = cfg.data.classes
+    for i, record in enumerate(build_records(cfg, "val")[:num_images]):
+        det = detections.get(record.image_id)
+        if det is None:
+            continue
+        try:
+            image = load_image(record.image_path)
+        except ValueError as exc:  # DatasetError: the evaluation itself reports unreadable images
+            log.warning("TensorBoard image skipped: %s", exc)
+            continue
+        gt = torch.as_tensor(record.boxes_px, dtype=torch.float32).reshape(-1, 4)
+        image = draw_bounding_boxes(image, gt, colors="lime", width=2)
+        keep = det.scores >= cfg.eval.confusion_score
+        labels = [f"{names[int(c) - 1]} {float(s):.2f}" for c, s in zip(det.labels[keep], det.scores[keep])]
+        image = draw_bounding_boxes(image, det.boxes[keep].float(), labels=labels, colors="red", width=2)
+        writer.add_image(f"eval/detections/{i}_{record.image_id}", image, it)
 
 
 def _global_loss(
@@ -507,6 +670,41 @@ def _plot_learned_shapes(initial: Config, learned: Config, path: Path) -> Path:
     )
 
 
+def _resumed_auto_priors(cfg: Config, path: Path) -> Config:
+    """A run with `train.auto_priors` trained with the priors it fitted at its start (stored in
+    its checkpoint's config): resume with those, not a new fit."""
+    state = load_checkpoint(path)
+    if not isinstance(state.get("config"), dict):
+        return cfg
+    import dataclasses
+
+    return dataclasses.replace(cfg, priors=config_from_dict(state["config"]).priors)
+
+
+def truncate_metrics(path: Path, iteration: int) -> int:
+    """Drop the rows of a metrics.jsonl written after `iteration` (a run killed after its last
+    checkpoint logged steps that the resumed run logs again) and a torn last line; returns how
+    many rows were dropped. The file is rewritten atomically."""
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+            keep = int(row["iteration"]) <= iteration
+        except (ValueError, KeyError, TypeError):
+            keep = False  # a torn line of a killed run
+        if keep:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, path)
+    return dropped
+
+
 def _check_resume_config(state: dict[str, Any], cfg: Config, path: Path, world_size: int = 1) -> None:
     if "config" not in state or "optimizer" not in state or "iteration" not in state:
         raise CheckpointError(f"{path}: not a training checkpoint (no optimizer/iteration/config)")
@@ -543,6 +741,9 @@ class _NullWriter:
         pass
 
     def add_scalars(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def add_image(self, *args: Any, **kwargs: Any) -> None:
         pass
 
     def close(self) -> None:

@@ -82,6 +82,20 @@ def plot_pr_curves(
     (recall on x, precision on y, both in [0, 1]) as given and its interpolated envelope
     (precision at recall r = max precision at recall >= r, drawn as steps), the class AP in the
     subplot title. Classes without a curve show an empty axes labelled accordingly."""
+    fig = pr_curves_figure(precision, recall, per_class_ap, title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def pr_curves_figure(
+    precision: Mapping[str, np.ndarray],
+    recall: Mapping[str, np.ndarray],
+    per_class_ap: Mapping[str, float],
+    title: str = "",
+) -> Any:
+    """The matplotlib Figure (Agg canvas) that `plot_pr_curves` saves."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -122,10 +136,14 @@ def plot_pr_curves(
         next(ax for ax in axes.flat if ax.get_lines()).legend(fontsize=7, loc="lower left")
     if title:
         fig.suptitle(title, fontsize=10)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+    return fig
+
+
+def figure_to_chw(fig: Any) -> np.ndarray:
+    """uint8 [3, H, W] RGB pixels of a Figure with an Agg canvas (for TensorBoard's add_image)."""
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba())
+    return np.ascontiguousarray(rgba[..., :3].transpose(2, 0, 1))
 
 
 def write_report(
@@ -170,3 +188,81 @@ def write_report(
     js.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     logger.info("wrote %s, %s, %s", report, plot, js)
     return {"report": report, "plot": plot, "json": js}
+
+
+def speed_line(speed: Mapping[str, Any] | None) -> str:
+    """One line: end-to-end images/s with what was timed (device, batch size, precision)."""
+    if not speed:
+        return "FPS: not measured"
+    return (
+        f"FPS (end to end: pre-processing, network, decode, NMS): {float(speed['end_to_end_fps']):.2f} "
+        f"images/s on {speed['device']} ({speed.get('device_name', '')}), batch {speed['batch_size']}, "
+        f"{speed['precision']}, median of {speed['iters']} timed iterations"
+    )
+
+
+def summary_text(summary: Mapping[str, Any]) -> str:
+    """The table a user reads after training or evaluation: per-class AP with GT counts, mAP,
+    and the FPS line (Markdown)."""
+    metric = summary.get("metric", "voc07")
+    if metric == "coco":
+        ap_header, extra = "AP@[.5:.95]", {"AP50": _nan_floats(summary.get("per_class_ap50", {}))}
+    else:
+        ap_header, extra = f"AP@{summary.get('iou_threshold', 0.5)} ({metric})", {}
+    num_gt = summary.get("num_gt")
+    table = ap_table(
+        _nan_floats(summary.get("per_class_ap", {})),
+        _nan_float(summary.get("mAP")),
+        dict(num_gt) if isinstance(num_gt, Mapping) else None,
+        extra,
+        ap_header,
+    )
+    return table + "\n" + speed_line(summary.get("speed")) + "\n"
+
+
+def write_run_report(
+    summary: Mapping[str, Any], output_dir: str | Path, title: str = "Evaluation"
+) -> dict[str, Path]:
+    """`report.md` (sources, the `summary_text` table, the confusion matrix as a table and
+    `confusion_matrix.png`) and `results.json` (`summary`) in `output_dir`."""
+    from ssd.evaluation.confusion import confusion_table, plot_confusion_matrix
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [f"# {title}", ""]
+    for key, value in (summary.get("sources") or {}).items():
+        lines.append(f"- {key}: `{value}`")
+    lines += ["", summary_text(summary)]
+    paths: dict[str, Path] = {}
+    cm = summary.get("confusion_matrix")
+    if isinstance(cm, Mapping):
+        matrix = np.asarray(cm["matrix"], dtype=np.int64)
+        names = list(cm["labels"])[:-1]
+        png = plot_confusion_matrix(matrix, names, out / "confusion_matrix.png", "confusion matrix")
+        paths["confusion"] = png
+        lines += [
+            "## Confusion matrix",
+            "",
+            f"Detections with score >= {cm['score_threshold']} matched one-to-one to ground truth at "
+            f"IoU >= {cm['iou_threshold']} (class-agnostic). Column background: missed ground truth; "
+            "row background: spurious detections.",
+            "",
+            confusion_table(matrix, names),
+            "![confusion matrix](confusion_matrix.png)",
+            "",
+        ]
+    report = out / "report.md"
+    report.write_text("\n".join(lines), encoding="utf-8")
+    js = out / "results.json"
+    js.write_text(json.dumps(summary, indent=2, default=float) + "\n", encoding="utf-8")
+    paths["report"], paths["json"] = report, js
+    logger.info("wrote %s", ", ".join(str(p) for p in paths.values()))
+    return paths
+
+
+def _nan_float(v: Any) -> float:
+    return math.nan if v is None else float(v)
+
+
+def _nan_floats(d: Mapping[str, Any]) -> dict[str, float]:
+    return {k: _nan_float(v) for k, v in d.items()}

@@ -86,7 +86,7 @@ def finish(proc: subprocess.Popen[bytes], log: Path, timeout: float = 300) -> No
 
 
 def losses(run: Path) -> list[tuple[int, float]]:
-    """(iteration, loss) of every line of metrics.jsonl, in order (a resumed run appends)."""
+    """(iteration, loss) of every line of metrics.jsonl, in order."""
     out = []
     path = run / "metrics.jsonl"
     if path.exists():
@@ -129,15 +129,17 @@ def victims(
 
 def resume_and_compare(run: Path, saved: int) -> None:
     """Resume `run` from its checkpoint at iteration `saved`: the redone iterations give the
-    losses logged before the kill, and the run reaches MAX_ITERS."""
+    losses logged before the kill, the rows logged past the checkpoint before the kill are
+    dropped (every iteration is logged once), and the run reaches MAX_ITERS."""
     before = losses(run)
     config = run.parent / "config.yaml"
     proc = start(train_cmd(config, run, "--resume"), run.parent / f"{run.name}_resume.log")
     finish(proc, run.parent / f"{run.name}_resume.log")
-    after = losses(run)[len(before) :]
-    assert [it for it, _ in after] == list(range(saved + 1, MAX_ITERS + 1))
+    rows = losses(run)
+    assert [it for it, _ in rows] == list(range(1, MAX_ITERS + 1))
+    assert rows[:saved] == before[:saved]
     lost = {it: loss for it, loss in before if it > saved}
-    assert lost and all(dict(after)[it] == loss for it, loss in lost.items())  # bit-exact redo
+    assert lost and all(dict(rows)[it] == loss for it, loss in lost.items())  # bit-exact redo
     assert load_checkpoint(run / "last.pt")["iteration"] == MAX_ITERS
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import signal
@@ -18,7 +20,14 @@ from ssd.data.labelme import TIANCHI_CLASSES
 from ssd.data.loader import ensure_synthetic
 from ssd.data.records import DatasetError
 from ssd.engine.checkpoint import CheckpointError, load_checkpoint
-from ssd.engine.train import TrainingError, TrainingInterrupted, build_optimizer, lr_factor, train
+from ssd.engine.train import (
+    TrainingError,
+    TrainingInterrupted,
+    build_optimizer,
+    lr_factor,
+    train,
+    truncate_metrics,
+)
 from ssd.losses import MultiBoxLoss
 from tests.conftest import TINY_PRIORS, synthetic_data
 
@@ -230,3 +239,107 @@ def test_skip_invalid_skips_undecodable_images_in_training_and_evaluation(tmp_pa
     assert metrics["num_skipped"] == 1 and metrics["num_images"] == len(_val_images(root)) - 1
     (entry,) = metrics["skipped_images"]
     assert entry["image_id"] == bad_val.relative_to(root).as_posix() and entry["file"] == str(bad_val)
+
+
+def test_resume_after_a_hard_kill_keeps_each_metrics_row_once(tmp_path: Path) -> None:
+    """A run killed after logging iterations 3-4 but checkpointed at 2: the resumed run logs 3-4
+    again, so the rows past the checkpoint are dropped on resume."""
+    cfg = tiny_cfg(tmp_path / "data", max_iters=4, log_every=1, checkpoint_every=2)
+    early = train(ssd.config.replace(cfg, **{"train.max_iters": 2}), tmp_path / "early", evaluate_fn=_no_eval)
+    train(cfg, tmp_path / "run", evaluate_fn=_no_eval)
+    (tmp_path / "run" / "last.pt").write_bytes(early.last_checkpoint.read_bytes())  # the kill -9 state
+    with (tmp_path / "run" / "metrics.jsonl").open("a") as f:
+        f.write('{"iteration": 5, "loss": 1.')  # a torn last line
+    train(cfg, tmp_path / "run", resume=True, evaluate_fn=_no_eval)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["iteration"] for r in rows if "loss" in r]
+    assert steps == [1, 2, 3, 4]
+    assert [r["iteration"] for r in rows if "eval" in r] == [4]
+
+
+def test_truncate_metrics_keeps_rows_up_to_the_iteration(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"iteration": 1}\n{"iteration": 2, "eval": {}}\n{"iteration": 3}\n', encoding="utf-8")
+    assert truncate_metrics(path, 2) == 1
+    assert path.read_text().splitlines() == ['{"iteration": 1}', '{"iteration": 2, "eval": {}}']
+    assert truncate_metrics(path, 2) == 0 and truncate_metrics(tmp_path / "none.jsonl", 0) == 0
+
+
+def test_prior_check_warns_with_the_optimize_command(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = tiny_cfg(tmp_path / "data", max_iters=1, prior_check_min_recall=0.99)
+    with caplog.at_level("WARNING", logger="ssd.engine.prior_check"):
+        result = train(cfg, tmp_path / "run", evaluate_fn=_no_eval)
+    check = json.loads((tmp_path / "run" / "prior_check.json").read_text())
+    assert result.prior_check == check and check["config"]["recall"] < 0.99
+    run_config = tmp_path / "run" / "config.yaml"
+    command = f"python -m tools.priors optimize --config {run_config} --split-name train"
+    assert command in caplog.text and command in check["warning"]
+    # a threshold the priors meet: no warning
+    caplog.clear()
+    ok = ssd.config.replace(cfg, **{"train.prior_check_min_recall": 0.0})
+    with caplog.at_level("WARNING", logger="ssd.engine.prior_check"):
+        train(ok, tmp_path / "run2", evaluate_fn=_no_eval)
+    assert "tools.priors optimize" not in caplog.text
+
+
+def test_auto_priors_trains_with_fitted_priors_of_higher_recall(tmp_path: Path) -> None:
+    cfg = tiny_cfg(tmp_path / "data", max_iters=2, checkpoint_every=1, auto_priors="coverage")
+    result = train(cfg, tmp_path / "run", evaluate_fn=_no_eval)
+    check = result.prior_check
+    assert check is not None and check["fitted"]["recall"] > check["config"]["recall"]
+    saved = ssd.load_config(tmp_path / "run" / "config.yaml")
+    assert saved.priors.shapes is not None and saved.priors == result.config.priors  # type: ignore[union-attr]
+    written = ssd.load_config(tmp_path / "run" / "priors.yaml").priors
+    assert written.shapes == saved.priors.shapes
+    assert torch.equal(ssd.generate_priors(written), ssd.generate_priors(saved.priors))
+    model = ssd.build_model(saved)
+    model.load_state_dict(load_checkpoint(tmp_path / "run" / "last.pt")["model"])  # trained with them
+    # resuming with the original config keeps the fitted priors
+    more = ssd.config.replace(cfg, **{"train.max_iters": 3})
+    assert train(more, tmp_path / "run", resume=True, evaluate_fn=_no_eval).iteration == 3
+    with pytest.raises(ssd.config.ConfigError, match="chi"):
+        train(ssd.config.replace(cfg, **{"train.auto_priors": "chi"}), tmp_path / "chi", evaluate_fn=_no_eval)
+
+
+def test_ema_weights_are_evaluated_saved_and_resumed_exactly(tmp_path: Path) -> None:
+    cfg = tiny_cfg(tmp_path / "data", max_iters=4, checkpoint_every=2, ema=True, ema_decay=0.9, ema_ramp=2.0)
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def record(model: Any, c: Config, d: torch.device) -> dict[str, Any]:
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {"mAP": 0.0, "per_class_ap": {}}
+
+    full = train(cfg, tmp_path / "full", evaluate_fn=record)
+    state = load_checkpoint(full.last_checkpoint)
+    ema, raw = state["ema"]["model"], state["model"]
+    assert state["ema"]["updates"] == 4
+    assert any(not torch.equal(ema[k], raw[k]) for k in raw if raw[k].is_floating_point())
+    assert all(torch.equal(seen[-1][k], ema[k]) for k in ema)  # evaluation saw the EMA weights
+    from ssd.engine.checkpoint import model_weights
+
+    assert model_weights(state) is ema
+    det = ssd.Detector(None, full.last_checkpoint)
+    assert all(torch.equal(det.model.state_dict()[k], ema[k]) for k in ema)
+    part = train(ssd.config.replace(cfg, **{"train.max_iters": 2}), tmp_path / "part", evaluate_fn=_no_eval)
+    assert load_checkpoint(part.last_checkpoint)["ema"]["updates"] == 2
+    rest = train(cfg, tmp_path / "part", resume=True, evaluate_fn=_no_eval)
+    resumed = load_checkpoint(rest.last_checkpoint)["ema"]["model"]
+    assert all(torch.equal(resumed[k], ema[k]) for k in ema)
+
+
+def test_ema_update_formula(tmp_path: Path) -> None:
+    from ssd.engine.train import build_ema
+
+    cfg = tiny_cfg(tmp_path / "data", ema=True, ema_decay=0.5, ema_ramp=1.0)
+    model = ssd.build_model(cfg)
+    ema = build_ema(model, cfg)
+    w = next(model.parameters())
+    ema.update_parameters(model)  # the first update copies
+    before = next(ema.module.parameters()).detach().clone()
+    with torch.no_grad():
+        w.add_(1.0)
+    ema.update_parameters(model)  # update 2: d = 0.5 * (1 - exp(-1))
+    d = 0.5 * (1 - math.exp(-1.0))
+    assert torch.allclose(next(ema.module.parameters()), before * d + w.detach() * (1 - d))

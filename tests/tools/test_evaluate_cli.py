@@ -8,7 +8,6 @@ import io
 import json
 import math
 import sys
-import types
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +158,7 @@ def test_zero_size_ground_truth_box_is_reported(tmp_path: Path, capsys: pytest.C
         (["--annotations", "a.json", "--predictions", "p.json", "--iou", "0"], "--iou must lie"),
         (["--annotations", "a.json", "--predictions", "p.json", "--split", "val"], "checkpoint mode"),
         (["--metric", "map"], "invalid choice"),
-        (["--config", "c.yaml"], "needs both --config and --checkpoint"),
+        (["--config", "c.yaml"], "checkpoint mode needs --checkpoint"),
     ],
 )
 def test_usage_errors_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -167,40 +166,48 @@ def test_usage_errors_exit_2(argv: list[str], message: str, capsys: pytest.Captu
     assert message in capsys.readouterr().err
 
 
-def test_checkpoint_mode_dispatches_to_engine(
+def test_checkpoint_mode_resolves_config_and_overrides(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The checkpoint mode resolves the config (with --set/--metric/--iou) and hands it to
-    ssd.engine.evaluate.evaluate_checkpoint; here that function is a recording stand-in."""
+    """The checkpoint mode takes the config from --config (else the checkpoint), applies
+    --set/--metric/--iou, and hands it to the engine; here prediction is a recording stand-in."""
+    import ssd
+    from ssd.config import config_to_dict
+    from ssd.engine import evaluate as engine
+    from ssd.engine.checkpoint import save_checkpoint
+    from tests.tools.test_daily_use import tiny_config
+
     calls: list[tuple[Any, ...]] = []
 
-    def fake_evaluate_checkpoint(cfg: Any, checkpoint: Path, split: str, device: str) -> dict[str, Any]:
-        calls.append((cfg, checkpoint, split, device))
-        return {"mAP": 0.25, "per_class_ap": {"a": 0.5, "b": 0.0}, "metric": cfg.eval.metric}
+    def fake_predict(model: Any, cfg: Any, split: str, device: Any, progress: Any = None) -> dict[str, Any]:
+        calls.append((cfg, split, device))
+        return {}
 
-    fake = types.ModuleType("ssd.engine.evaluate")
-    fake.evaluate_checkpoint = fake_evaluate_checkpoint  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "ssd.engine.evaluate", fake)
+    monkeypatch.setattr(engine, "predict_split", fake_predict)
+    cfg = ssd.load_config(tiny_config(tmp_path))
     cfg_path = tmp_path / "c.yaml"
-    cfg_path.write_text("seed: 3\n")
+    ssd.config.save_config(cfg, cfg_path)
     ckpt = tmp_path / "m.pt"
-    ckpt.write_bytes(b"x")
+    save_checkpoint({"model": ssd.build_model(cfg).state_dict(), "config": config_to_dict(cfg)}, ckpt)
     out_dir = tmp_path / "o"
     argv = ["--config", str(cfg_path), "--checkpoint", str(ckpt), "--set", "seed=4", "--metric", "area",
             "--iou", "0.6", "--split", "train", "--device", "cpu", "--output-dir", str(out_dir),
-            "--json"]  # fmt: skip
+            "--json", "--no-speed", "--quiet"]  # fmt: skip
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
-    (cfg, checkpoint, split, device) = calls[0]
-    assert cfg.seed == 4 and cfg.eval.metric == "area" and math.isclose(cfg.eval.iou_threshold, 0.6)
-    assert (checkpoint, split, device) == (ckpt, "train", "cpu")
-    assert out["mAP"] == 0.25 and out["checkpoint"] == str(ckpt) and out["split"] == "train"
+    (got, split, device) = calls[0]
+    assert got.seed == 4 and got.eval.metric == "area" and math.isclose(got.eval.iou_threshold, 0.6)
+    assert (split, str(device)) == ("train", "cpu")
+    assert out["mAP"] == 0.0 and out["checkpoint"] == str(ckpt) and out["split"] == "train"
     assert json.loads((out_dir / "results.json").read_text()) == out
-    assert "| **mAP** | **0.2500** |" in (out_dir / "report.md").read_text()
+    assert "| **mAP** | **0.0000** |" in (out_dir / "report.md").read_text()
+    # without --config: the checkpoint's stored config (with --set)
+    assert main(["--checkpoint", str(ckpt), "--set", "seed=7", "--no-speed", "--quiet", "--json"]) == 0
+    assert calls[-1][0].seed == 7 and calls[-1][0].data == cfg.data
     # a missing checkpoint or a bad config key is a data/usage error
     assert main(["--config", str(cfg_path), "--checkpoint", str(tmp_path / "none.pt")]) == 2
     assert "none.pt" in capsys.readouterr().err
-    assert main(["--config", str(cfg_path), "--checkpoint", str(ckpt), "--set", "nope.x=1"]) == 2
+    assert main(["--checkpoint", str(ckpt), "--set", "nope.x=1"]) == 2
     assert "nope" in capsys.readouterr().err
 
 
@@ -216,20 +223,23 @@ def test_missing_pycocotools_exits_2(
 def test_checkpoint_mode_lists_the_images_it_could_not_score(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    problem = "cannot decode image: x"
-    skipped = [{"image_id": "a/cut", "file": "/d/a/cut.png", "problem": problem, "kind": "unreadable_image"}]
+    import ssd
+    from ssd.config import config_to_dict
+    from ssd.data.records import DatasetError
+    from ssd.engine import evaluate as engine
+    from ssd.engine.checkpoint import save_checkpoint
+    from tests.tools.test_daily_use import tiny_config
 
-    def fake_evaluate_checkpoint(cfg: Any, checkpoint: Path, split: str, device: str) -> dict[str, Any]:
-        return {"mAP": 0.5, "per_class_ap": {"a": 0.5}, "num_skipped": 1, "skipped_images": skipped}
+    error = DatasetError("/d/a/cut.png", "cannot decode image: x", kind="unreadable_image")
 
-    fake = types.ModuleType("ssd.engine.evaluate")
-    fake.evaluate_checkpoint = fake_evaluate_checkpoint  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "ssd.engine.evaluate", fake)
-    cfg_path = tmp_path / "c.yaml"
-    cfg_path.write_text("seed: 3\n")
+    def fake_predict(model: Any, cfg: Any, split: str, device: Any, progress: Any = None) -> Any:
+        return engine.SplitPredictions({}, [], [error])
+
+    monkeypatch.setattr(engine, "predict_split", fake_predict)
+    cfg = ssd.load_config(tiny_config(tmp_path))
     ckpt = tmp_path / "m.pt"
-    ckpt.write_bytes(b"x")
-    assert main(["--config", str(cfg_path), "--checkpoint", str(ckpt)]) == 0
+    save_checkpoint({"model": ssd.build_model(cfg).state_dict(), "config": config_to_dict(cfg)}, ckpt)
+    assert main(["--checkpoint", str(ckpt), "--no-speed", "--quiet"]) == 0
     err = capsys.readouterr().err
     assert "1 image(s) could not be used and were not scored" in err
     assert "/d/a/cut.png: cannot decode image: x" in err
