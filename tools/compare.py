@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default=None, help="training seeds, e.g. 0,1,2 (default: config's)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (>= 1000; 0 = none)")
     parser.add_argument("--bootstrap-seed", type=int, default=0)
+    parser.add_argument(
+        "--skip-untrained", action="store_true", help="do not evaluate the untrained network (chance level)"
+    )
     parser.add_argument("--output-dir", default="runs/compare")
     parser.add_argument("--device", default="cpu", help="training/evaluation device")
     parser.add_argument("--bench-device", default=None, help="FPS device (default: --device)")
@@ -67,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         report = compare(cfg, args.output_dir, variants, device=args.device,
                          bench_device=args.bench_device, bench_iters=args.bench_iters,
                          progress=progress, seeds=seeds, bootstrap=args.bootstrap,
-                         bootstrap_seed=args.bootstrap_seed)  # fmt: skip
+                         bootstrap_seed=args.bootstrap_seed,
+                         untrained=not args.skip_untrained)  # fmt: skip
     except USAGE_ERRORS as exc:
         return fail(str(exc))
     finally:

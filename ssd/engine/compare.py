@@ -238,11 +238,13 @@ def compare(
     seeds: Sequence[int] | None = None,
     bootstrap: int = 1000,
     bootstrap_seed: int = 0,
+    untrained: bool = True,
 ) -> dict[str, Any]:
     """Fit, train (each of `seeds`, default: the base seed), evaluate and benchmark each variant;
     returns the report dict (also written to `output_dir/report.json`, with report.md and plots
     beside it). `bootstrap`: resamples of the paired interval against the original (0: none);
-    `bench_iters` 0 skips the FPS benchmark."""
+    `bench_iters` 0 skips the FPS benchmark; `untrained=False` skips the chance level (the
+    untrained network's mAP, one more evaluation per variant)."""
     from ssd.engine.benchmark import benchmark, build_pipeline_settings
     from ssd.evaluation.bootstrap import (
         bootstrap_summary,
@@ -305,7 +307,7 @@ def compare(
         fit_before = fit_report(PriorGrid.from_config(cfg.priors), val_boxes, classes)
         log.info("variant %s: %d priors, seeds %s", name, fit_before["num_priors"], seed_list)
         runs = [
-            run_seed(name, cfg, s, out, dev, chance=(k == 0), progress=progress)
+            run_seed(name, cfg, s, out, dev, chance=untrained and k == 0, progress=progress)
             for k, s in enumerate(seed_list)
         ]
         first = runs[0]
