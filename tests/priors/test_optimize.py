@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import numpy as np
@@ -324,7 +325,8 @@ def test_written_config_loads_and_builds(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- chi (Chi et al., as published)
 
-TIANCHI_BOXES = Path(__file__).resolve().parents[2] / "../shared/data/tianchi-boxes/boxes.json"
+_SHARED_BOXES = Path(__file__).resolve().parents[2] / "../shared/data/tianchi-boxes/boxes.json"
+TIANCHI_BOXES = Path(os.environ.get("SSD_TIANCHI_BOXES", _SHARED_BOXES))
 needs_tianchi = pytest.mark.skipif(
     not TIANCHI_BOXES.is_file(), reason=f"Tianchi boxes not at {TIANCHI_BOXES}"
 )
