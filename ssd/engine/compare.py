@@ -184,6 +184,12 @@ def run_seed(
     cfg_s = replace(cfg, seed=seed)
     run_dir = run_dir_for(out, name, seed)
     det_path, res_path = run_dir / DETECTIONS_FILE, run_dir / RESULT_FILE
+    saved_cfg = run_dir / "config.yaml"
+    if saved_cfg.exists() and load_config(saved_cfg) != cfg_s:
+        raise ConfigError(
+            f"{saved_cfg}: this run was made with another config (priors or settings changed); "
+            "delete the folder or use another --output-dir"
+        )
     if _run_complete(run_dir, cfg_s) and det_path.exists() and res_path.exists():
         saved = json.loads(res_path.read_text(encoding="utf-8"))
         final_cfg = load_config(saved["final_config"])
