@@ -133,3 +133,12 @@ def test_unknown_variants_and_seeds_are_rejected(tmp_path: Path) -> None:
     for bad in ("paper", "learned@learned", "chi@kmeans"):
         with pytest.raises(ConfigError, match="--variants"):
             parse_variant(bad)
+
+
+def test_a_run_made_with_another_config_is_not_reused(report: tuple[dict, Path]) -> None:
+    _, out = report
+    from ssd.config import ConfigError, replace
+
+    changed = replace(load_config(out / "original" / "seed0" / "config.yaml"), **{"train.lr": 0.001})
+    with pytest.raises(ConfigError, match="another config"):
+        compare(changed, out, ["original"], bench_iters=0, seeds=SEEDS)
