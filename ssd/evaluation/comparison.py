@@ -68,11 +68,18 @@ def _sd(v: Mapping[str, Any]) -> str:
 def summary_table(report: Mapping[str, Any]) -> str:
     """mAP (mean ± sd over seeds, per seed), the difference to the original with its paired
     bootstrap interval and what that interval allows one to say, FPS and prior counts."""
-    lines = [
-        "| variant | mAP (%) mean ± sd | mAP per seed (%) | Δ mAP vs original (points) | 95% interval | "
-        "reading | mAP untrained (%) | FPS end to end | priors | boxes per cell |",
-        "|---|---:|---|---:|---|---|---:|---:|---:|---:|",
-    ]
+    chance_col = any(v.get("map_untrained") is not None for v in report["variants"].values())
+    fps_col = any(v.get("fps") is not None for v in report["variants"].values())
+    head = (
+        "| variant | mAP (%) mean ± sd | mAP per seed (%) | Δ mAP vs original (points) | 95% interval "
+        "| reading |"
+    )
+    rule = "|---|---:|---|---:|---|---|"
+    if chance_col:
+        head, rule = head + " mAP untrained (%) |", rule + "---:|"
+    if fps_col:
+        head, rule = head + " FPS end to end |", rule + "---:|"
+    lines = [head + " priors | boxes per cell |", rule + "---:|---:|"]
     for n, v in report["variants"].items():
         chance = _pct(v.get("map_untrained"))
         per_seed = ", ".join(_pct(m) for m in v.get("maps", [v["map"]]))
@@ -80,10 +87,12 @@ def summary_table(report: Mapping[str, Any]) -> str:
         ci = v.get("delta_ci")
         interval = f"[{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" if ci else ""
         reading = v.get("verdict", "reference" if n == "original" else "")
-        lines.append(
-            f"| {n} | {_sd(v)} | {per_seed} | {delta} | {interval} | {reading} | {chance} | "
-            f"{_fps(v.get('fps'))} | {v['num_priors']:,} | {v['boxes_per_cell']} |"
-        )
+        row = f"| {n} | {_sd(v)} | {per_seed} | {delta} | {interval} | {reading} |"
+        if chance_col:
+            row += f" {chance} |"
+        if fps_col:
+            row += f" {_fps(v.get('fps'))} |"
+        lines.append(row + f" {v['num_priors']:,} | {v['boxes_per_cell']} |")
     return "\n".join(lines)
 
 
@@ -199,9 +208,19 @@ def render_markdown(report: Mapping[str, Any], classes: Sequence[str], files: Ma
         f"Input {b['image_size']}x{b['image_size']}, width x{b['width_mult']}, {b['max_iters']} "
         f"iterations of batch {b['batch_size']}, training seeds {', '.join(str(s) for s in seeds)}: "
         "identical for every variant (same seed = same data order), only the priors differ. AP at "
-        f"IoU 0.5 ({metric}), on the validation split; *mAP untrained* is the network at its "
-        f"seeded initialisation (seed {seeds[0]}), before any training: the chance level. FPS at "
-        f"batch 1 on {fps_device}, end to end (pre-processing + network + decode + NMS), first seed.",
+        f"IoU 0.5 ({metric}), on the validation split."
+        + (
+            f" *mAP untrained* is the network at its seeded initialisation (seed {seeds[0]}), before "
+            "any training: the chance level."
+            if any(v.get("map_untrained") is not None for v in variants.values())
+            else ""
+        )
+        + (
+            f" FPS at batch 1 on {fps_device}, end to end (pre-processing + network + decode + NMS), "
+            "first seed."
+            if any(v.get("fps") is not None for v in variants.values())
+            else ""
+        ),
         "",
     ]
     if boot:
