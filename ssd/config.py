@@ -50,7 +50,8 @@ class LearnPriorsConfig:
     """Zhong et al., "Anchor Box Optimization for Object Detection" (trainable prior shapes)."""
 
     lr_mult: float = 1.0
-    warmup_iters: int = 1000
+    # both warm-ups (soft assignment, online clustering) last the paper's 1500 iterations
+    warmup_iters: int = 1500
     soft_assignment: bool = True
     temperature_start: float = 2.0
     online_clustering: bool = True

@@ -259,3 +259,50 @@ def test_learned_shapes_keep_their_offsets_and_export_them(tmp_path: Path) -> No
     assert len(exported.priors.shapes[0][0]) == 2  # no offset: written as [w, h]
     reloaded = ssd.load_config(tmp_path / "learned.yaml")
     assert torch.equal(ssd.generate_priors(reloaded.priors), model.priors())
+
+
+def test_clustering_term_is_eq_11_with_the_assignment_in_force() -> None:
+    """lambda / (2N) sum delta_ij T_ij: soft delta (N = G) during the soft warm-up, the hard
+    matches (N = positives) when the soft assignment is off; checked against a direct sum."""
+    from ssd.boxes import xyxy_to_cxcywh
+
+    cfg = small_cfg(learn={"warmup_iters": 10})
+    aids = PriorAids.from_config(cfg)
+    priors = ssd.generate_priors(cfg.priors)
+    gen = torch.Generator().manual_seed(2)
+    p = priors.shape[0]
+    out = HeadOutputs(torch.randn(1, p, 3, generator=gen), torch.randn(1, p, 4, generator=gen))
+    boxes = torch.tensor([[0.2, 0.3, 0.6, 0.4], [0.05, 0.1, 0.3, 0.7]])
+    targets = Targets([boxes], [torch.tensor([1, 2])])
+    it = 3  # lambda = 0.7, T = 1.4
+    lam, temp = aids.clustering_weight(it), aids.temperature(it)
+    assert lam == pytest.approx(0.7) and temp == pytest.approx(1.4)
+    _, extra = aids.loss(MultiBoxLoss(), out, targets, priors, it)
+    # direct: softmax(-(1 - IoU) / T) over the cell priors of each box, T_ij in log space
+    from torchvision.ops import box_iou
+
+    from ssd.boxes import cxcywh_to_xyxy
+
+    total, norm = 0.0, 0.0
+    for g in range(2):
+        idx = aids.cell_priors(xyxy_to_cxcywh(boxes[g : g + 1])[:, :2])[0]
+        iou = box_iou(boxes[g : g + 1], cxcywh_to_xyxy(priors[idx]))[0]
+        w = torch.softmax(-(1 - iou) / temp, 0)
+        gwh = xyxy_to_cxcywh(boxes[g : g + 1])[0, 2:]
+        t = (priors[idx, 2:].log() - gwh.log()).pow(2).sum(-1)
+        total += float((w * t).sum())
+        norm += float(w.sum())
+    assert norm == pytest.approx(2.0)
+    assert float(extra["cluster"]) == pytest.approx(lam * total / (2 * norm), rel=1e-5)
+    # hard assignment (soft warm-up off): 1 / (2 N) over the matched positives
+    hard = PriorAids.from_config(small_cfg(learn={"warmup_iters": 10, "soft_assignment": False}))
+    result, extra = hard.loss(MultiBoxLoss(), out, targets, priors, it)
+    pos = result.match.labels[0] > 0
+    gwh = xyxy_to_cxcywh(result.match.boxes[0][pos])[:, 2:]
+    t = (priors[pos, 2:].log() - gwh.log()).pow(2).sum(-1)
+    assert float(extra["cluster"]) == pytest.approx(lam * float(t.sum()) / (2 * int(pos.sum())), rel=1e-5)
+
+
+def test_warmup_defaults_are_the_papers() -> None:
+    lp = ssd.Config().priors.learn
+    assert lp.warmup_iters == 1500 and lp.temperature_start == 2.0 and lp.clustering_weight_start == 1.0

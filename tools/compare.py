@@ -1,8 +1,12 @@
-"""Original vs k-means (paper) vs coverage vs learned priors on the same data and schedule.
+"""Original vs Chi et al. vs k-means vs coverage vs learned priors on the same data and schedule.
 
-`tools/compare.py --config BASE --variants original,paper,coverage,learned --output-dir DIR`
-writes DIR/report.json, DIR/report.md and PNG plots; each variant trains in DIR/<variant>/ and an
-interrupted comparison continues where it stopped when run again.
+`tools/compare.py --config BASE --variants original,chi,kmeans,coverage,learned --seeds 0,1,2
+--output-dir DIR` trains every variant with every seed (same seeds, same data order per seed) in
+DIR/<variant>/seed<S>/, evaluates each, and writes DIR/report.json (per variant: map = mean over
+seeds, map_sd, maps, and against the original delta_map with a paired bootstrap 95% interval over
+validation images, delta_ci), DIR/report.md and PNG plots. `learned@kmeans` (or @chi, @coverage)
+starts the learned priors from that variant's shapes; `learned` starts from the original ones.
+An interrupted comparison continues where it stopped, per (variant, seed), when run again.
 """
 
 from __future__ import annotations
@@ -21,11 +25,17 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_config_args(parser, required=True)
-    parser.add_argument("--variants", default="original,paper,coverage,learned")
+    parser.add_argument("--variants", default="original,chi,kmeans,coverage,learned")
+    parser.add_argument("--seeds", default=None, help="training seeds, e.g. 0,1,2 (default: config's)")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (>= 1000; 0 = none)")
+    parser.add_argument("--bootstrap-seed", type=int, default=0)
+    parser.add_argument(
+        "--skip-untrained", action="store_true", help="do not evaluate the untrained network (chance level)"
+    )
     parser.add_argument("--output-dir", default="runs/compare")
     parser.add_argument("--device", default="cpu", help="training/evaluation device")
     parser.add_argument("--bench-device", default=None, help="FPS device (default: --device)")
-    parser.add_argument("--bench-iters", type=int, default=20)
+    parser.add_argument("--bench-iters", type=int, default=20, help="FPS iterations (0 = no benchmark)")
     parser.add_argument("--json", action="store_true", help="print report.json on stdout")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
@@ -38,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     except USAGE_ERRORS as exc:
         return fail(str(exc))
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    try:
+        seeds = [int(v) for v in args.seeds.split(",") if v.strip()] if args.seeds else None
+    except ValueError:
+        return fail(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
     bars: dict[str, tqdm] = {}
 
     def progress(name: str, it: int, scalars: dict[str, float]) -> None:
@@ -55,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = compare(cfg, args.output_dir, variants, device=args.device,
                          bench_device=args.bench_device, bench_iters=args.bench_iters,
-                         progress=progress)  # fmt: skip
+                         progress=progress, seeds=seeds, bootstrap=args.bootstrap,
+                         bootstrap_seed=args.bootstrap_seed,
+                         untrained=not args.skip_untrained)  # fmt: skip
     except USAGE_ERRORS as exc:
         return fail(str(exc))
     finally:

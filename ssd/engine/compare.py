@@ -1,65 +1,102 @@
-"""The experiment: original vs k-means (paper) vs coverage vs learned priors, side by side.
+"""The experiment: original vs Chi et al. vs k-means vs coverage vs learned priors, side by side.
 
-Every variant is trained with the identical schedule, seed and data order (the batch of iteration
-i depends only on (seed, i)), evaluated on the same validation split and benchmarked the same way.
-Only the priors differ. Runs resume: a variant whose run is complete is not trained again.
+Every variant is trained with the identical schedule, and with each of the same training seeds
+(the batch of iteration i depends only on (seed, i), so a seed gives every variant the same data
+order and the same initialisation of the layers they share), evaluated on the same validation
+split and benchmarked the same way. Only the priors differ. The priors of a variant are fitted
+once, with the base config's seed, and shared by all its training seeds.
+
+Against the original, each variant gets the difference of the seed-mean mAPs and a paired
+bootstrap interval over validation images (`ssd.evaluation.bootstrap`): the same resamples for
+both, so the interval reflects which images were drawn, with the trained networks fixed; the
+spread over seeds is reported beside it (`map_sd`, `maps`).
+
+Runs resume per (variant, seed): a run whose training is complete and whose validation
+detections are saved is neither trained nor evaluated again.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ssd.config import Config, ConfigError, replace
 from ssd.data.loader import build_records
 from ssd.engine.checkpoint import load_checkpoint, model_weights
-from ssd.engine.evaluate import evaluate_model
+from ssd.engine.evaluate import evaluate_model, predict_split, score
 from ssd.engine.train import train
 from ssd.modeling.build import build_model
+from ssd.modeling.ssd import SSD
 from ssd.priors.fit import BoxSet, PriorGrid, fit_report, records_to_boxes
 from ssd.priors.optimize import optimize_priors
+from ssd.structures import Detections
 
 log = logging.getLogger(__name__)
 
-VARIANTS: tuple[str, ...] = ("original", "paper", "coverage", "learned")
+FITTED: tuple[str, ...] = ("chi", "kmeans", "coverage")
+VARIANTS: tuple[str, ...] = ("original", *FITTED, "learned")
+REFERENCE = "original"
 VARIANT_DESCRIPTIONS: dict[str, str] = {
     "original": "SSD512's hand-set priors (min/max sizes, aspect ratios 2 and 3).",
-    "paper": "Chi et al.: IoU k-means with k = levels sets each level's scale; unneeded ratios "
-    "are pruned and an extreme ratio is added where clusters need it.",
+    "chi": "Chi et al. as published: k = 7 IoU k-means sets the min size of the first two levels "
+    "(ratios 2 and 3 removed there); the last level gets min size = the input size and one w/h = 15 box.",
+    "kmeans": "Ours, after Chi et al.: IoU k-means with k = levels sets every level's scale; ratios "
+    "no cluster needs are pruned and an extreme ratio is added where a cluster needs it.",
     "coverage": "Ours: (level, shape) pairs chosen greedily on the real prior grid to maximise "
     "recall@0.5 and mean IoU of the training boxes within the original prior budget.",
-    "learned": "Zhong et al.: the original shapes made trainable (log w, log h) with soft "
-    "assignment and online clustering warm-ups, frozen at the end.",
+    "learned": "Zhong et al.: the shapes of another variant made trainable (log w, log h) with soft "
+    "assignment and online clustering warm-ups and BN without shift on w/h, frozen at the end.",
 }
 
 
-@dataclass
-class VariantRun:
-    name: str
-    cfg: Config
-    run_dir: Path
+def parse_variant(name: str) -> tuple[str, str | None]:
+    """(kind, initial shapes): "learned" -> ("learned", "original"), "learned@kmeans" ->
+    ("learned", "kmeans"), a fixed variant -> (name, None). Raises ConfigError otherwise."""
+    kind, _, init = name.partition("@")
+    if kind == "learned":
+        start = init or REFERENCE
+        if start not in (REFERENCE, *FITTED):
+            raise ConfigError(
+                f"--variants: {name!r}: learned priors start from one of {', '.join((REFERENCE, *FITTED))}"
+            )
+        return kind, start
+    if init or kind not in VARIANTS:
+        raise ConfigError(
+            f"--variants: unknown variant {name!r} (choose from {', '.join(VARIANTS)}, or learned@VARIANT)"
+        )
+    return kind, None
+
+
+def describe(name: str) -> str:
+    kind, init = parse_variant(name)
+    text = VARIANT_DESCRIPTIONS[kind]
+    return f"{text} Initial shapes: {init}." if kind == "learned" else text
 
 
 def variant_config(
     name: str, base: Config, train_boxes: BoxSet, max_priors: int | None = None
 ) -> tuple[Config, dict[str, Any]]:
-    """The config of one variant (priors fitted on the training boxes) and what the fit did."""
-    if name == "original":
+    """The config of one variant (priors fitted on the training boxes with `base.seed`) and what
+    the fit did. `learned@X` is X's config with `priors.learnable: true`."""
+    kind, init = parse_variant(name)
+    if kind == "learned":
+        assert init is not None
+        cfg, info = variant_config(init, base, train_boxes, max_priors)
+        return replace(cfg, **{"priors.learnable": True}), {**info, "initial_shapes": init}
+    if kind == REFERENCE:
         return base, {}
-    if name == "learned":
-        return replace(base, **{"priors.learnable": True}), {}
-    if name in ("paper", "coverage"):
-        result = optimize_priors(
-            train_boxes, base.priors, method=name, max_priors=max_priors, seed=base.seed  # type: ignore[arg-type]
-        )
-        return replace(base, priors=result.priors), result.info
-    raise ConfigError(f"--variants: unknown variant {name!r} (choose from {', '.join(VARIANTS)})")
+    result = optimize_priors(
+        train_boxes, base.priors, method=kind, max_priors=max_priors, seed=base.seed  # type: ignore[arg-type]
+    )
+    return replace(base, priors=result.priors), result.info
 
 
 def _run_complete(run_dir: Path, cfg: Config) -> bool:
@@ -90,6 +127,117 @@ def _loss_curve(run_dir: Path) -> list[tuple[int, float]]:
     return sorted(points.items())
 
 
+DETECTIONS_FILE = "val_detections.pt"
+RESULT_FILE = "result.json"
+
+
+def save_detections(dets: dict[str, Detections], path: Path) -> None:
+    """Validation detections by image id (xyxy original pixels), written atomically."""
+    data = {k: {"boxes": d.boxes, "scores": d.scores, "labels": d.labels} for k, d in dets.items()}
+    tmp = path.with_suffix(".tmp")
+    torch.save(data, tmp)
+    tmp.replace(path)
+
+
+def load_detections(path: Path) -> dict[str, Detections]:
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: Detections(v["boxes"], v["scores"], v["labels"]) for k, v in data.items()}
+
+
+def run_dir_for(out: Path, name: str, seed: int) -> Path:
+    return out / name / f"seed{seed}"
+
+
+@dataclass
+class SeedRun:
+    """One trained (variant, seed): its metrics, validation detections and final config."""
+
+    seed: int
+    metrics: dict[str, Any]
+    detections: dict[str, Detections]
+    final_cfg: Config
+    run_dir: Path
+    checkpoint: Path
+    map_untrained: float | None
+
+
+def _final_model(final_cfg: Config, checkpoint: Path, dev: torch.device) -> SSD:
+    model = build_model(final_cfg)
+    model.load_state_dict(model_weights(load_checkpoint(checkpoint)))
+    model.priors.freeze()
+    return model.to(dev)
+
+
+def run_seed(
+    name: str,
+    cfg: Config,
+    seed: int,
+    out: Path,
+    dev: torch.device,
+    chance: bool,
+    progress: Callable[[str, int, dict[str, float]], None] | None = None,
+) -> SeedRun:
+    """Train (or resume) one (variant, seed) in out/<variant>/seed<seed> and keep its validation
+    detections; a complete run with saved detections is only read back."""
+    from ssd.config import load_config
+
+    cfg_s = replace(cfg, seed=seed)
+    run_dir = run_dir_for(out, name, seed)
+    det_path, res_path = run_dir / DETECTIONS_FILE, run_dir / RESULT_FILE
+    saved_cfg = run_dir / "config.yaml"
+    if saved_cfg.exists() and load_config(saved_cfg) != cfg_s:
+        raise ConfigError(
+            f"{saved_cfg}: this run was made with another config (priors or settings changed); "
+            "delete the folder or use another --output-dir"
+        )
+    if _run_complete(run_dir, cfg_s) and det_path.exists() and res_path.exists():
+        saved = json.loads(res_path.read_text(encoding="utf-8"))
+        final_cfg = load_config(saved["final_config"])
+        log.info("%s seed %d: complete, read back from %s", name, seed, run_dir)
+        return SeedRun(
+            seed, saved["metrics"], load_detections(det_path), final_cfg, run_dir,
+            Path(saved["checkpoint"]), saved.get("map_untrained"),
+        )  # fmt: skip
+    map_untrained = untrained_map(cfg_s, dev) if chance else None
+    captured: dict[str, dict[str, Detections]] = {}
+
+    def evaluate_fn(model: SSD, c: Config, d: torch.device) -> dict[str, Any]:
+        run = predict_split(model, c, "val", d)
+        captured["dets"] = run.detections
+        return score(c, "val", run)
+
+    def step(it: int, scalars: dict[str, float]) -> None:
+        if progress is not None:
+            progress(f"{name} seed {seed}", it, scalars)
+
+    resume = (run_dir / "last.pt").exists()
+    # a run folder without a checkpoint holds at most an unfinished start: begin it again
+    result = train(
+        cfg_s, run_dir, device=dev, resume=resume, progress=step, evaluate_fn=evaluate_fn,
+        overwrite=not resume,
+    )  # fmt: skip
+    final_cfg = load_config(result.learned_config) if result.learned_config is not None else cfg_s
+    if "dets" not in captured or result.final_metrics is None:
+        # the run was already complete (e.g. interrupted before its detections were saved)
+        model = _final_model(final_cfg, result.last_checkpoint, dev)
+        run = predict_split(model, final_cfg, "val", dev)
+        captured["dets"] = run.detections
+        metrics = score(final_cfg, "val", run)
+    else:
+        metrics = result.final_metrics
+    save_detections(captured["dets"], det_path)
+    final_path = result.learned_config if result.learned_config is not None else run_dir / "config.yaml"
+    res_path.write_text(
+        json.dumps(
+            {"metrics": metrics, "final_config": str(final_path), "checkpoint": str(result.last_checkpoint),
+             "map_untrained": map_untrained, "seed": seed},
+            indent=2,
+        ),
+        encoding="utf-8",
+    )  # fmt: skip
+    return SeedRun(seed, metrics, captured["dets"], final_cfg, run_dir, result.last_checkpoint, map_untrained)
+
+
 def compare(
     base: Config,
     output_dir: str | Path,
@@ -98,23 +246,51 @@ def compare(
     bench_device: str | torch.device | None = None,
     bench_iters: int = 20,
     progress: Callable[[str, int, dict[str, float]], None] | None = None,
+    seeds: Sequence[int] | None = None,
+    bootstrap: int = 1000,
+    bootstrap_seed: int = 0,
+    untrained: bool = True,
 ) -> dict[str, Any]:
-    """Fit, train, evaluate and benchmark each variant; returns the report dict (also written to
-    `output_dir/report.json`, with report.md and plots beside it)."""
+    """Fit, train (each of `seeds`, default: the base seed), evaluate and benchmark each variant;
+    returns the report dict (also written to `output_dir/report.json`, with report.md and plots
+    beside it). `bootstrap`: resamples of the paired interval against the original (0: none);
+    `bench_iters` 0 skips the FPS benchmark; `untrained=False` skips the chance level (the
+    untrained network's mAP, one more evaluation per variant)."""
     from ssd.engine.benchmark import benchmark, build_pipeline_settings
+    from ssd.evaluation.bootstrap import (
+        bootstrap_summary,
+        paired_interval,
+        resample_counts,
+        resampled_map,
+        verdict,
+    )
+    from ssd.evaluation.voc import GroundTruth, match_detections
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     dev = torch.device(device)
     bench_dev = torch.device(bench_device) if bench_device is not None else dev
     for v in variants:
-        if v not in VARIANTS:
-            raise ConfigError(f"--variants: unknown variant {v!r} (choose from {', '.join(VARIANTS)})")
+        parse_variant(v)
+    if len(set(variants)) != len(variants):
+        raise ConfigError(f"--variants: a variant is listed twice: {list(variants)}")
+    seed_list = [int(base.seed)] if not seeds else [int(s) for s in seeds]
+    if len(set(seed_list)) != len(seed_list):
+        raise ConfigError(f"--seeds: a seed is listed twice: {seed_list}")
+    if bootstrap and bootstrap < 1000:
+        raise ConfigError(f"--bootstrap: use at least 1000 resamples (or 0 for none), got {bootstrap}")
+    metric = base.eval.metric
+    if bootstrap and metric not in ("voc07", "area"):
+        raise ConfigError(f"eval.metric: the bootstrap needs a VOC metric (voc07, area), got {metric!r}")
     size = base.priors.image_size
     train_boxes = records_to_boxes(build_records(base, "train"), size)
-    val_boxes = records_to_boxes(build_records(base, "val"), size)
+    val_records = build_records(base, "val")
+    val_boxes = records_to_boxes(val_records, size)
     classes = base.data.classes
     log.info("%d training boxes, %d validation boxes", train_boxes.num_boxes, val_boxes.num_boxes)
+    gts = [GroundTruth.from_record(r) for r in val_records]
+    empty = Detections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long))
+    counts = resample_counts(len(gts), bootstrap, bootstrap_seed) if bootstrap else None
 
     report: dict[str, Any] = {
         "base": {
@@ -125,54 +301,57 @@ def compare(
             "max_iters": base.train.max_iters,
             "batch_size": base.train.batch_size,
             "seed": base.seed,
+            "seeds": seed_list,
             "num_train_boxes": train_boxes.num_boxes,
             "num_val_boxes": val_boxes.num_boxes,
+            "num_val_images": len(gts),
+            "bootstrap": bootstrap_summary(bootstrap, bootstrap_seed) if bootstrap else None,
         },
         "variants": {},
     }
     curves: dict[str, list[tuple[int, float]]] = {}
     prior_shapes: dict[str, list[list[tuple[float, float]]]] = {}
+    boot: dict[str, list[np.ndarray]] = {}
     for name in variants:
+        kind, _ = parse_variant(name)
         cfg, fit_info = variant_config(name, base, train_boxes)
-        run_dir = out / name
         fit_before = fit_report(PriorGrid.from_config(cfg.priors), val_boxes, classes)
-        resume = _run_complete(run_dir, cfg) or (run_dir / "last.pt").exists()
-        log.info("variant %s: %d priors, training in %s", name, fit_before["num_priors"], run_dir)
-
-        def step(it: int, scalars: dict[str, float], _name: str = name) -> None:
-            if progress is not None:
-                progress(_name, it, scalars)
-
-        chance = untrained_map(cfg, dev)
-        # a variant folder without a checkpoint holds at most an unfinished start: begin it again
-        result = train(cfg, run_dir, device=dev, resume=resume, progress=step, overwrite=not resume)
-        final_cfg = cfg
-        if result.learned_config is not None:
-            from ssd.config import load_config
-
-            final_cfg = load_config(result.learned_config)
-        model = build_model(final_cfg)
-        model.load_state_dict(model_weights(load_checkpoint(result.last_checkpoint)))
-        model.priors.freeze()
-        model.to(dev)
-        metrics = result.final_metrics
-        if metrics is None:  # already complete: evaluate the final weights again
-            metrics = evaluate_model(model, final_cfg, "val", dev)
-        grid = PriorGrid.from_config(final_cfg.priors)
-        fit_after = fit_report(grid, val_boxes, classes) if name == "learned" else fit_before
-        bench = benchmark(
-            model, model.priors(), build_pipeline_settings(final_cfg), batch_size=1,
-            device=bench_dev, warmup=3, iters=bench_iters, flops=False,
-        )  # fmt: skip
-        prior_shapes[name] = [list(level) for level in grid.shapes]
-        curves[name] = _loss_curve(run_dir)
-        entry = {
-            "map": float(metrics["mAP"]),
-            "map_untrained": chance,
-            "per_class_ap": metrics["per_class_ap"],
-            "metric": metrics.get("metric", final_cfg.eval.metric),
-            "fps": float(bench["end_to_end_fps"]),
-            "network_fps": float(bench["network_fps"]),
+        log.info("variant %s: %d priors, seeds %s", name, fit_before["num_priors"], seed_list)
+        runs = [
+            run_seed(name, cfg, s, out, dev, chance=untrained and k == 0, progress=progress)
+            for k, s in enumerate(seed_list)
+        ]
+        first = runs[0]
+        maps = [float(r.metrics["mAP"]) for r in runs]
+        boot[name] = []
+        for r in runs:
+            dets = [r.detections.get(rec.image_id, empty) for rec in val_records]
+            if counts is not None:
+                matches, _, _ = match_detections(gts, dets, classes, base.eval.iou_threshold)
+                boot[name].append(resampled_map(matches, counts, metric))
+        grid = PriorGrid.from_config(first.final_cfg.priors)
+        fit_after = fit_report(grid, val_boxes, classes) if kind == "learned" else fit_before
+        entry: dict[str, Any] = {
+            "map": float(np.mean(maps)),
+            "map_sd": float(np.std(maps, ddof=1)) if len(maps) > 1 else None,
+            "maps": maps,
+            "seeds": seed_list,
+            "map_untrained": first.map_untrained,
+            "per_class_ap": {
+                c: _mean_or_none([r.metrics["per_class_ap"].get(c) for r in runs]) for c in classes
+            },
+            "metric": first.metrics.get("metric", metric),
+        }
+        if bench_iters > 0:
+            model = _final_model(first.final_cfg, first.checkpoint, dev)
+            bench = benchmark(
+                model, model.priors(), build_pipeline_settings(first.final_cfg), batch_size=1,
+                device=bench_dev, warmup=3, iters=bench_iters, flops=False,
+            )  # fmt: skip
+            entry |= {"fps": float(bench["end_to_end_fps"]), "network_fps": float(bench["network_fps"])}
+        else:
+            entry |= {"fps": None, "network_fps": None}
+        entry |= {
             "fps_device": str(bench_dev),
             "num_priors": int(fit_after["num_priors"]),
             "boxes_per_cell": int(fit_after["boxes_per_cell"]),
@@ -182,24 +361,45 @@ def compare(
             "recall_expected": float(fit_after["recall_expected"]),
             "positives_per_gt": float(fit_after["positives_per_gt"]),
             "fit": {k: fit_after[k] for k in ("per_class", "per_size", "per_level", "unmatched")},
-            "config": str(result.learned_config or run_dir / "config.yaml"),
-            "checkpoint": str(result.last_checkpoint),
+            "config": str(first.run_dir / "config.yaml")
+            if kind != "learned"
+            else json.loads((first.run_dir / RESULT_FILE).read_text(encoding="utf-8"))["final_config"],
+            "checkpoints": [str(r.checkpoint) for r in runs],
             "fit_info": fit_info,
-            "description": VARIANT_DESCRIPTIONS[name],
+            "description": describe(name),
         }
-        if name == "learned":
+        if kind == "learned":
             entry["fit_before_training"] = {
                 k: fit_before[k]
                 for k in ("mean_iou_grid", "mean_iou_shape", "recall", "recall_expected", "positives_per_gt")
             }
+        prior_shapes[name] = [list(level) for level in grid.shapes]
+        curves[name] = _loss_curve(first.run_dir)
         report["variants"][name] = entry
-        log.info("variant %s: mAP %.4f, %.1f FPS", name, entry["map"], entry["fps"])
+        log.info("variant %s: mAP %.4f (seeds %s)", name, entry["map"], maps)
+
+    ref = report["variants"].get(REFERENCE)
+    for name, entry in report["variants"].items():
+        if ref is None or name == REFERENCE:
+            continue
+        entry["delta_map"] = entry["map"] - ref["map"]
+        if counts is not None:
+            ci = paired_interval(boot[name], boot[REFERENCE])
+            entry["delta_ci"] = [ci[0], ci[1]]
+            entry["verdict"] = verdict(ci)
+    if ref is None:
+        log.warning("no %r variant: no differences or intervals reported", REFERENCE)
 
     from ssd.evaluation.comparison import write_comparison
 
     report["files"] = write_comparison(report, curves, prior_shapes, val_boxes, classes, out)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=_json_default), encoding="utf-8")
     return report
+
+
+def _mean_or_none(values: Sequence[Any]) -> float | None:
+    nums = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    return float(np.mean(nums)) if nums else None
 
 
 def _json_default(obj: Any) -> Any:

@@ -23,10 +23,6 @@ from ssd.priors.fit import BoxSet, PriorGrid, fit_report, records_to_boxes
 
 log = logging.getLogger(__name__)
 
-# train.auto_priors name -> ssd.priors.optimize method
-AUTO_PRIOR_METHODS = {"coverage": "coverage", "kmeans": "paper", "chi": "chi"}
-
-
 def prior_fit(cfg: Config, boxes: BoxSet) -> dict[str, Any]:
     """The short fit summary of `cfg`'s priors on `boxes`: `recall` (grid recall@IoU
     `matcher.iou_threshold`), `mean_iou_grid`, `num_gt`, `num_priors`, per-class recall."""
@@ -58,13 +54,9 @@ def fit_auto_priors(cfg: Config, boxes: BoxSet, name: str) -> Config:
     """`cfg` with priors fitted to `boxes` by the `train.auto_priors` method `name`."""
     from ssd.priors import optimize
 
-    method = AUTO_PRIOR_METHODS[name]
-    if method not in optimize.METHODS:
-        raise ConfigError(
-            f"train.auto_priors: {name!r} is not available in this version (available: "
-            f"{', '.join(k for k, v in AUTO_PRIOR_METHODS.items() if v in optimize.METHODS)})"
-        )
-    result = optimize.optimize_priors(boxes, cfg.priors, method=method, seed=cfg.seed)  # type: ignore[arg-type]
+    if name not in optimize.METHODS:
+        raise ConfigError(f"train.auto_priors: {name!r} is not one of {', '.join(optimize.METHODS)}")
+    result = optimize.optimize_priors(boxes, cfg.priors, method=name, seed=cfg.seed)  # type: ignore[arg-type]
     return dataclasses.replace(cfg, priors=result.priors)
 
 

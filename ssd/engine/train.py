@@ -594,9 +594,10 @@ def _global_loss(
     """Data-parallel loss: (the loss to back-propagate on this process, the global batch's loss
     terms for logging, whether the global loss is finite).
 
-    The MultiBox loss divides by the number of positives N of its batch (so does the online-
-    clustering term, a mean over positives; the soft-assignment localisation term of the learnable-
-    prior warm-up divides by the number of ground-truth boxes G instead). A process sees only its
+    The MultiBox loss divides by the number of positives N of its batch; the soft-assignment
+    localisation term of the learnable-prior warm-up divides by the number of ground-truth boxes G
+    instead, and the online-clustering term by the count of the localisation term in force (G
+    during the soft assignment, N after). A process sees only its
     slice, so each term is un-normalised here (S_r = term * max(n_r, 1)), the S_r and counts are
     summed over the W processes in one all-reduce, and the process back-propagates
     W * S_r / max(N, 1): DDP averages gradients over W, which gives the gradient of
@@ -613,27 +614,28 @@ def _global_loss(
     loc_count = n_gt if soft_loc else n_pos
     s_loc = result.loc * loc_count.clamp_min(1)
     s_cls = result.cls * n_pos.clamp_min(1)
-    s_cluster = extra["cluster"] * n_pos if "cluster" in extra else zero
+    # the clustering term is normalised like the localisation term in force (G soft, N hard)
+    s_cluster = extra["cluster"] * loc_count if "cluster" in extra else zero
     local = result.total + sum(extra.values(), zero)
     bad = (~torch.isfinite(local)).float()
     has_cluster = torch.tensor(float("cluster" in extra), device=dev)
     stats = torch.stack([s_loc, s_cls, s_cluster, n_pos, loc_count, bad, has_cluster]).detach().float()
     g_loc, g_cls, g_cluster, g_pos, g_loc_count, g_bad, g_has_cluster = ctx.all_reduce_sum(stats).tolist()
     pos_norm, loc_norm = max(g_pos, 1.0), max(g_loc_count, 1.0)
-    loss = ctx.world_size * (loc_weight * s_loc / loc_norm + s_cls / pos_norm + s_cluster / pos_norm)
+    loss = ctx.world_size * (loc_weight * s_loc / loc_norm + s_cls / pos_norm + s_cluster / loc_norm)
     if priors.requires_grad:
         # DDP's reducer waits for a gradient of every parameter; a process whose slice has no
         # ground truth would give the learnable shapes none (a zero-valued term keeps them in).
         loss = loss + priors.sum() * 0.0
     scalars = {
-        "loss": loc_weight * g_loc / loc_norm + g_cls / pos_norm + g_cluster / pos_norm,
+        "loss": loc_weight * g_loc / loc_norm + g_cls / pos_norm + g_cluster / loc_norm,
         "loss_loc": g_loc / loc_norm,
         "loss_cls": g_cls / pos_norm,
         "num_pos": g_pos,
         "lr": lr,
     }
     if g_has_cluster:
-        scalars["loss_cluster"] = g_cluster / pos_norm
+        scalars["loss_cluster"] = g_cluster / loc_norm
     if g_bad:  # some process's loss is not finite (its terms may look finite)
         scalars["loss"] = float("nan")
     return loss, scalars, g_bad == 0 and math.isfinite(scalars["loss"])

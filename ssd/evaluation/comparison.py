@@ -56,18 +56,43 @@ def per_class_table(report: Mapping[str, Any], classes: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def _fps(v: Any) -> str:
+    return "n/a" if v is None else f"{float(v):.1f}"
+
+
+def _sd(v: Mapping[str, Any]) -> str:
+    sd = v.get("map_sd")
+    return f"{_pct(v['map'])} ± {_pct(sd)}" if sd is not None else _pct(v["map"])
+
+
 def summary_table(report: Mapping[str, Any]) -> str:
-    """mAP, FPS and prior counts per variant."""
-    lines = [
-        "| variant | mAP (%) | mAP untrained (%) | FPS end to end | FPS network | priors | boxes per cell |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
+    """mAP (mean ± sd over seeds, per seed), the difference to the original with its paired
+    bootstrap interval and what that interval allows one to say, FPS and prior counts."""
+    chance_col = any(v.get("map_untrained") is not None for v in report["variants"].values())
+    fps_col = any(v.get("fps") is not None for v in report["variants"].values())
+    head = (
+        "| variant | mAP (%) mean ± sd | mAP per seed (%) | Δ mAP vs original (points) | 95% interval "
+        "| reading |"
+    )
+    rule = "|---|---:|---|---:|---|---|"
+    if chance_col:
+        head, rule = head + " mAP untrained (%) |", rule + "---:|"
+    if fps_col:
+        head, rule = head + " FPS end to end |", rule + "---:|"
+    lines = [head + " priors | boxes per cell |", rule + "---:|---:|"]
     for n, v in report["variants"].items():
-        chance = _pct(v["map_untrained"]) if "map_untrained" in v else ""
-        lines.append(
-            f"| {n} | {_pct(v['map'])} | {chance} | {v['fps']:.1f} | {v['network_fps']:.1f} | "
-            f"{v['num_priors']:,} | {v['boxes_per_cell']} |"
-        )
+        chance = _pct(v.get("map_untrained"))
+        per_seed = ", ".join(_pct(m) for m in v.get("maps", [v["map"]]))
+        delta = f"{100 * v['delta_map']:+.2f}" if "delta_map" in v else ""
+        ci = v.get("delta_ci")
+        interval = f"[{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" if ci else ""
+        reading = v.get("verdict", "reference" if n == "original" else "")
+        row = f"| {n} | {_sd(v)} | {per_seed} | {delta} | {interval} | {reading} |"
+        if chance_col:
+            row += f" {chance} |"
+        if fps_col:
+            row += f" {_fps(v.get('fps'))} |"
+        lines.append(row + f" {v['num_priors']:,} | {v['boxes_per_cell']} |")
     return "\n".join(lines)
 
 
@@ -173,17 +198,50 @@ def render_markdown(report: Mapping[str, Any], classes: Sequence[str], files: Ma
     variants = report["variants"]
     metric = next(iter(variants.values()))["metric"] if variants else "voc07"
     fps_device = next(iter(variants.values()))["fps_device"] if variants else "cpu"
+    seeds = b.get("seeds", [b["seed"]])
+    boot = b.get("bootstrap")
     parts = [
-        "# Prior comparison: original vs k-means vs coverage vs learned",
+        "# Prior comparison: " + " vs ".join(variants),
         "",
         f"Data: `{b['data']}` ({b['format']}), {b['num_train_boxes']} training / "
-        f"{b['num_val_boxes']} validation boxes. Input {b['image_size']}x{b['image_size']}, "
-        f"width x{b['width_mult']}, {b['max_iters']} iterations of batch {b['batch_size']}, seed "
-        f"{b['seed']}: identical for every variant, only the priors differ. AP at IoU 0.5 "
-        f"({metric}), on the validation split; *mAP untrained* is the same network at its seeded "
-        "initialisation, before any training: the chance level. FPS at batch 1 on "
-        f"{fps_device}, end to end (pre-processing + network + decode + NMS).",
+        f"{b['num_val_boxes']} validation boxes in {b.get('num_val_images', '?')} validation images. "
+        f"Input {b['image_size']}x{b['image_size']}, width x{b['width_mult']}, {b['max_iters']} "
+        f"iterations of batch {b['batch_size']}, training seeds {', '.join(str(s) for s in seeds)}: "
+        "identical for every variant (same seed = same data order), only the priors differ. AP at "
+        f"IoU 0.5 ({metric}), on the validation split."
+        + (
+            f" *mAP untrained* is the network at its seeded initialisation (seed {seeds[0]}), before "
+            "any training: the chance level."
+            if any(v.get("map_untrained") is not None for v in variants.values())
+            else ""
+        )
+        + (
+            f" FPS at batch 1 on {fps_device}, end to end (pre-processing + network + decode + NMS), "
+            "first seed."
+            if any(v.get("fps") is not None for v in variants.values())
+            else ""
+        ),
         "",
+    ]
+    if boot:
+        parts += [
+            f"Δ mAP is the difference of the seed-mean mAPs to the original; the interval is a paired "
+            f"bootstrap over validation images ({boot['resamples']} resamples of the images with "
+            f"replacement, seed {boot['seed']}, AP recomputed per class, the same resamples for both "
+            "variants; 95% percentile interval). *Reading* follows from the interval alone: "
+            "**better** (entirely above 0), **worse** (entirely below 0), **no detectable "
+            "difference** (contains 0). The interval covers which images were drawn, with the "
+            "trained networks fixed; the seed-to-seed spread is the ± sd beside it.",
+            "",
+        ]
+    if len(seeds) == 1:
+        parts += [
+            "**One training seed**: run-to-run noise of training is not measured, and one seed "
+            "cannot separate the variants; differences of a few points can come from the seed alone. "
+            "Use `--seeds 0,1,2` for a conclusion.",
+            "",
+        ]
+    parts += [
         "## mAP and speed",
         "",
         summary_table(report),

@@ -189,22 +189,28 @@ def _check_labels(labels: Tensor, num_classes: int, what: str, index: int) -> No
         )
 
 
-def evaluate_voc(
+@dataclass
+class ClassMatches:
+    """The ranked detections of one class after VOC matching (ignored ones dropped):
+    `scores` [D] descending, `tp` [D] bool (else FP), `image` [D] int64 image index, and
+    `num_gt` [N] the non-difficult ground truth of the class per image (N images)."""
+
+    scores: np.ndarray
+    tp: np.ndarray
+    image: np.ndarray
+    num_gt: np.ndarray
+
+
+def match_detections(
     gts: Sequence[GroundTruth],
     dets: Sequence[Detections],
     class_names: Sequence[str],
     iou_threshold: float = 0.5,
-    metric: VOCMetric = "voc07",
-) -> VOCResult:
-    """Per-class AP and mAP in a VOC convention (see the module docstring for the exact rules).
-
-    `gts[i]` and `dets[i]` belong to the same image i. `class_names` excludes background:
-    `class_names[k]` is the name of label k + 1 (as `DataConfig.classes`). Detection boxes are
-    xyxy in original-image pixels (`Detections`), scores [K], labels [K] in 1..C-1.
-    `iou_threshold` must lie in (0, 1]; a match needs IoU >= threshold.
-    """
-    if metric not in VOC_METRICS:
-        raise ValueError(f"metric must be one of {VOC_METRICS}, got {metric!r}")
+) -> tuple[dict[str, ClassMatches], dict[str, int], dict[str, int]]:
+    """VOC matching (module docstring, rules 1-2) of every class: (per-class `ClassMatches`,
+    difficult ground truth per class, detections per class before dropping the ignored ones).
+    `evaluate_voc` builds its PR curves from these; `ssd.evaluation.bootstrap` re-weights them
+    per image."""
     if not 0.0 < iou_threshold <= 1.0:
         raise ValueError(f"iou_threshold must lie in (0, 1], got {iou_threshold}")
     if len(gts) != len(dets):
@@ -222,9 +228,11 @@ def evaluate_voc(
     empty_i = torch.zeros(0, dtype=torch.int64)
     gt_labels = torch.cat([gt.labels for gt in gts]) if gts else empty_i
     gt_difficult = torch.cat([gt.difficult for gt in gts]) if gts else torch.zeros(0, dtype=torch.bool)
+    per_gt_image = [torch.full((len(gt),), i, dtype=torch.int64) for i, gt in enumerate(gts)]
+    gt_image = torch.cat(per_gt_image or [empty_i])
 
     # Per detection: its best ground truth of the same image and class (IoU, global index).
-    d_labels, d_scores, d_best_iou, d_best_gt = [], [], [], []
+    d_labels, d_scores, d_best_iou, d_best_gt, d_image = [], [], [], [], []
     for i, (gt, det) in enumerate(zip(gts, dets, strict=True)):
         k = len(det)
         if k == 0:
@@ -246,28 +254,24 @@ def evaluate_voc(
         d_scores.append(scores)
         d_best_iou.append(best_iou)
         d_best_gt.append(best + offsets[i])
+        d_image.append(torch.full((k,), i, dtype=torch.int64))
     all_labels = torch.cat(d_labels) if d_labels else empty_i
     all_scores = torch.cat(d_scores) if d_scores else torch.zeros(0, dtype=torch.float64)
     all_best_iou = torch.cat(d_best_iou) if d_best_iou else torch.zeros(0, dtype=torch.float64)
     all_best_gt = torch.cat(d_best_gt) if d_best_gt else empty_i
+    all_image = torch.cat(d_image) if d_image else empty_i
 
-    per_class_ap: dict[str, float] = {}
-    precision: dict[str, np.ndarray] = {}
-    recall: dict[str, np.ndarray] = {}
-    score_pts: dict[str, np.ndarray] = {}
-    num_gt: dict[str, int] = {}
+    matches: dict[str, ClassMatches] = {}
     num_difficult: dict[str, int] = {}
     num_dets: dict[str, int] = {}
     for c, name in enumerate(names, start=1):
         is_c = gt_labels == c
-        npos = int((is_c & ~gt_difficult).sum())
-        num_gt[name] = npos
         num_difficult[name] = int((is_c & gt_difficult).sum())
+        per_image = torch.bincount(gt_image[is_c & ~gt_difficult], minlength=len(gts))
         sel = torch.nonzero(all_labels == c).flatten()
         num_dets[name] = int(sel.numel())
         order = torch.sort(all_scores[sel], descending=True, stable=True).indices
         sel = sel[order]
-        scores = all_scores[sel]
         best_gt = all_best_gt[sel]
         matched = all_best_iou[sel] >= iou_threshold
         ignored = torch.zeros_like(matched)
@@ -282,7 +286,43 @@ def evaluate_voc(
             first.scatter_reduce_(0, best_gt[cand], pos[cand], reduce="amin")
             tp[cand] = first[best_gt[cand]] == pos[cand]
         keep = ~ignored
-        tp_f = tp[keep].to(torch.float64)
+        matches[name] = ClassMatches(
+            scores=all_scores[sel][keep].numpy(),
+            tp=tp[keep].numpy(),
+            image=all_image[sel][keep].numpy(),
+            num_gt=per_image.numpy(),
+        )
+    return matches, num_difficult, num_dets
+
+
+def evaluate_voc(
+    gts: Sequence[GroundTruth],
+    dets: Sequence[Detections],
+    class_names: Sequence[str],
+    iou_threshold: float = 0.5,
+    metric: VOCMetric = "voc07",
+) -> VOCResult:
+    """Per-class AP and mAP in a VOC convention (see the module docstring for the exact rules).
+
+    `gts[i]` and `dets[i]` belong to the same image i. `class_names` excludes background:
+    `class_names[k]` is the name of label k + 1 (as `DataConfig.classes`). Detection boxes are
+    xyxy in original-image pixels (`Detections`), scores [K], labels [K] in 1..C-1.
+    `iou_threshold` must lie in (0, 1]; a match needs IoU >= threshold.
+    """
+    if metric not in VOC_METRICS:
+        raise ValueError(f"metric must be one of {VOC_METRICS}, got {metric!r}")
+    names = tuple(class_names)
+    matches, num_difficult, num_dets = match_detections(gts, dets, names, iou_threshold)
+    per_class_ap: dict[str, float] = {}
+    precision: dict[str, np.ndarray] = {}
+    recall: dict[str, np.ndarray] = {}
+    score_pts: dict[str, np.ndarray] = {}
+    num_gt: dict[str, int] = {}
+    for name in names:
+        m = matches[name]
+        npos = int(m.num_gt.sum())
+        num_gt[name] = npos
+        tp_f = torch.from_numpy(m.tp).to(torch.float64)
         tp_cum = torch.cumsum(tp_f, 0)
         fp_cum = torch.cumsum(1.0 - tp_f, 0)  # every kept detection is TP or FP
         prec = tp_cum / (tp_cum + fp_cum)
@@ -296,7 +336,7 @@ def evaluate_voc(
         per_class_ap[name] = ap
         precision[name] = prec.numpy()
         recall[name] = rec.numpy()
-        score_pts[name] = scores[keep].numpy()
+        score_pts[name] = m.scores
 
     return VOCResult(
         metric=metric,

@@ -1,10 +1,15 @@
 """Turn a dataset's boxes into a complete SSD prior configuration (shape form).
 
-Two methods, both deterministic for a seed:
+Three methods, all deterministic for a seed, each with its own public function:
 
-- `paper_priors`: our reading of Chi et al., "An Optimized SSD Target Detection Algorithm Based on
-  K-Means Clustering" (k-means sets the per-level scales, unneeded aspect ratios are pruned and an
-  extreme ratio is added where the clusters need it; they went from 36 to 33 boxes per cell).
+- `optimize_chi` / `chi_priors`: Chi et al., "An Optimized SSD Target Detection Algorithm Based on
+  K-Means Clustering", section 3.2, as published: IoU k-means with k = 7 sets the `min_size` of
+  the first two levels, ratios 2 and 3 are removed from them, the last level gets `min_size` =
+  the input size and one box of aspect ratio 15; everything else stays the original SSD512
+  (33 boxes per cell, 14,325 priors at 512).
+- `optimize_kmeans` / `kmeans_priors` (ours): a generalisation of that idea to any data: k-means
+  with k = levels sets *every* level's scale, ratios no cluster needs are pruned everywhere and an
+  extreme ratio is added to a level whose cluster needs it. It is not the paper's procedure.
 - `coverage_priors` (ours): choose (level, shape) pairs greedily to maximise grid recall@t and
   grid mean IoU of the training boxes under a prior budget, evaluating every candidate on the
   actual lattice of its level, so the stride is accounted for (a 512 x 15 band can only be hit
@@ -41,9 +46,9 @@ log = logging.getLogger(__name__)
 Shape = tuple[float, float]
 Offset = tuple[float, float]
 Entry = tuple[float, ...]  # a shape-form entry: (w, h) or (w, h, dx, dy)
-Method = Literal["paper", "coverage"]
+Method = Literal["chi", "kmeans", "coverage"]
 Subgrids = Literal["auto"] | Sequence[tuple[int, int]]
-METHODS: tuple[str, ...] = ("paper", "coverage")
+METHODS: tuple[str, ...] = ("chi", "kmeans", "coverage")
 # Sub-grids (nx, ny) that coverage may put a shape on: nx x ny priors per cell at the offsets
 # `subgrid_offsets(nx, ny)`, a lattice of step (step / nx, step / ny). "auto": on every level
 # each power of two nx, ny whose lattice step is no finer than half the finest level's step and
@@ -108,15 +113,15 @@ class OptimizeResult:
         return PriorGrid.from_config(self.priors)
 
 
-# --------------------------------------------------------------------------- paper (Chi et al.)
+# --------------------------------------------------------------------------- kmeans (ours, after Chi et al.)
 
 
 def _round_ratio(a: float) -> float:
-    """An elongated ratio as the paper states them: an integer (or the inverse of one)."""
+    """An elongated ratio as Chi et al. state theirs: an integer (or the inverse of one)."""
     return float(max(1, round(a))) if a >= 1 else 1.0 / max(1, round(1.0 / a))
 
 
-def paper_priors(
+def kmeans_priors(
     wh_px: np.ndarray,
     feature_maps: Sequence[int],
     aspect_ratios: Sequence[Sequence[float]],
@@ -124,10 +129,9 @@ def paper_priors(
     restarts: int = 10,
     seed: int = 0,
 ) -> tuple[list[list[Shape]], dict[str, Any]]:
-    """Chi et al.'s prior design, per level shapes in input pixels plus a description.
-
-    Our precise reading of the paper (it gives the idea and the resulting 36 -> 33 boxes per
-    cell, not an algorithm; every choice below is ours where the text is silent):
+    """Our generalisation of Chi et al.'s idea to any data: per level shapes in input pixels
+    plus a description. Not the published procedure (that is `chi_priors`): here the clusters
+    set every level's scale and decide which ratios every level keeps.
 
     1. IoU k-means (distance 1 - shape IoU, mean update, best of `restarts`) of the training
        boxes in input pixels with k = L, the number of levels (7 for SSD512).
@@ -197,7 +201,7 @@ def paper_priors(
                 uniq.append(wh)
         levels.append(uniq)
     info = {
-        "method": "paper",
+        "method": "kmeans",
         "kmeans": km.to_dict() | {"centroids": [[float(w), float(h)] for w, h in cen]},
         "clusters": cluster_info,
         "min_sizes": [float(s) for s in scales],
@@ -205,6 +209,110 @@ def paper_priors(
         "kept_ratios": kept,
         "pruned_ratios": pruned,
         "extreme_ratios": {str(k): v for k, v in extremes.items()},
+    }
+    return levels, info
+
+
+# --------------------------------------------------------------------------- chi (Chi et al., as published)
+
+CHI_K: Final = 7
+CHI_LAST_RATIO: Final = 15.0
+
+
+def chi_priors(
+    wh_px: np.ndarray,
+    base: PriorsConfig,
+    *,
+    k: int = CHI_K,
+    restarts: int = 10,
+    seed: int = 0,
+) -> tuple[list[list[Shape]], dict[str, Any]]:
+    """Chi et al. section 3.2 as published: per level shapes in input pixels plus a description.
+
+    The procedure of the paper, on the original ratio-form layout `base` (SSD512: min sizes
+    35.84 ... 460.8, max sizes 76.8 ... 537.6, ratios [2], [2, 3] x 4, [2], [2]):
+
+    1. IoU k-means (distance 1 - IoU of co-centred shapes, eq. 9; mean update; best of
+       `restarts` seeded restarts, `ssd.priors.kmeans.iou_kmeans`) of the training boxes in
+       network-input pixels (every image warped to the square input) with k = 7 ("SSD512 has 7
+       feature layers, so k takes 7").
+    2. Level 1 `min_size` = the width ("abscissa") of cluster centre 1; ratios 2 and 1/2 removed
+       from level 1. Level 2 `min_size` = the width of cluster centre 2; ratios 3 and 1/3 removed
+       from level 2.
+    3. Last level `min_size` = the input size (512) and one box of aspect ratio 15 added, in one
+       orientation (w / h = 15: the paper adds "an aspect ratio of 15" and counts one box for it).
+    4. Every other setting as the original: the square min_size and the square
+       sqrt(min_size max_size) per level, and for each kept ratio r both (min sqrt r, min / sqrt r)
+       and its flip (eq. 7). On SSD512: 2/4/6/6/6/4/5 = 33 boxes per cell, 14,325 priors.
+
+    Where the text is silent, our choices (also in `info["choices"]`):
+
+    - *Which centre is "1" and "2"*: centres are numbered by width (ties by height). The paper
+      reads each level's size off the abscissa (the width) and says the "other five" centres all
+      have width 512, so its centres 1 and 2 are the two narrowest; numbering by width also keeps
+      level 1's min size below level 2's, as SSD's scales ascend. Numbering by area (small in both
+      directions) picks the same two centres on the real Tianchi boxes, but not on every data
+      set: on NEU-DET it would give level 1 a 42.7 px and level 2 a 33.0 px min size.
+    - *What the neighbours' `max_size` become*: the paper's own rule, "the maximum value is the
+      minimum value of the next layer", is applied to the new minimums: level 1 max = level 2's
+      new min, the second-to-last level's max = the new last min (the input size). Level 2's max
+      (level 3's min) and the last level's max (537.6 on SSD512) are unchanged, as they are not
+      touched by the text.
+    - *The ratio-15 box* follows eq. 7 with the last level's min_size: (512 sqrt 15, 512 / sqrt 15)
+      = 1982.9 x 132.2 px on SSD512 (it reaches past the input, like the original last squares).
+    - *k*: the paper ties k to the number of levels; `k` may be changed, but levels 1 and 2 take
+      the first two centres whatever k is.
+
+    `base` must be in ratio form (`min_sizes`, `max_sizes`, `aspect_ratios`) with at least three
+    levels. Raises ValueError otherwise, or when there are fewer than `k` distinct box shapes.
+    """
+    if base.shapes is not None:
+        raise ValueError(
+            "the chi method needs a ratio-form base (min_sizes, max_sizes, aspect_ratios), not priors.shapes"
+        )
+    num_levels = len(base.feature_maps)
+    if num_levels < 3:
+        raise ValueError(f"the chi method needs at least 3 levels, the base has {num_levels}")
+    if not (len(base.min_sizes) == len(base.max_sizes) == len(base.aspect_ratios) == num_levels):
+        raise ValueError(
+            "the chi method needs min_sizes, max_sizes and aspect_ratios for each of the "
+            f"{num_levels} levels"
+        )
+    km = iou_kmeans(wh_px, k, restarts=restarts, seed=seed)
+    centres = km.centroids[np.lexsort((km.centroids[:, 1], km.centroids[:, 0]))]  # by width, then height
+    min_sizes = [float(v) for v in base.min_sizes]
+    max_sizes = [float(v) for v in base.max_sizes]
+    ratios = [[float(r) for r in level] for level in base.aspect_ratios]
+    min_sizes[0] = float(centres[0, 0])
+    min_sizes[1] = float(centres[1, 0])
+    min_sizes[-1] = float(base.image_size)
+    max_sizes[0] = min_sizes[1]  # "the maximum value is the minimum value of the next layer"
+    max_sizes[-2] = min_sizes[-1]
+    ratios[0] = [r for r in ratios[0] if r != 2.0]
+    ratios[1] = [r for r in ratios[1] if r != 3.0]
+    levels: list[list[Shape]] = []
+    for level in range(num_levels):
+        s, m = min_sizes[level], max_sizes[level]
+        shapes: list[Shape] = [(s, s), (math.sqrt(s * m), math.sqrt(s * m))]
+        for r in ratios[level]:
+            q = math.sqrt(r)
+            shapes += [(s * q, s / q), (s / q, s * q)]
+        levels.append(shapes)
+    q = math.sqrt(CHI_LAST_RATIO)
+    levels[-1].append((min_sizes[-1] * q, min_sizes[-1] / q))
+    info = {
+        "method": "chi",
+        "kmeans": km.to_dict() | {"centroids": [[float(w), float(h)] for w, h in centres]},
+        "min_sizes": min_sizes,
+        "max_sizes": max_sizes,
+        "aspect_ratios": ratios,
+        "extra_shapes": {str(num_levels - 1): [CHI_LAST_RATIO]},
+        "choices": {
+            "centre_order": "width, ties by height",
+            "min_size_of_centre": "width",
+            "max_sizes": "max of level l = min of level l + 1 for the changed minimums; others unchanged",
+            "last_level_ratio": "one box w/h = 15 from the last min_size by eq. 7",
+        },
     }
     return levels, info
 
@@ -659,70 +767,14 @@ def coverage_priors(
 # --------------------------------------------------------------------------- front door
 
 
-def optimize_priors(
-    boxes: BoxSet,
-    base: PriorsConfig,
-    *,
-    method: Method = "coverage",
-    max_priors: int | None = None,
-    iou_threshold: float = 0.5,
-    seed: int = 0,
-    restarts: int = 10,
-    sample_size: int = SAMPLE_SIZE,
-    iou_weight: float = IOU_WEIGHT,
-    max_shapes_per_level: int = MAX_SHAPES_PER_LEVEL,
-    subgrids: Subgrids = SUBGRIDS,
-    jitter_scale: float = JITTER_SCALE,
-    jitter: int = JITTER_COPIES,
-    jitter_px: float | None = None,
-    min_gain: float = MIN_GAIN,
+def _result(
+    base: PriorsConfig, levels: Sequence[Sequence[Sequence[float]]], info: dict[str, Any]
 ) -> OptimizeResult:
-    """A complete prior config (shape form) for `base`'s layout fitted to `boxes` (training set,
-    input space; its image size must be the base's). `coverage` keeps within `max_priors`
-    (default: the base's number of priors); `paper` has no budget of its own and raises
-    ValueError when an explicit `max_priors` is exceeded. `subgrids`: the sub-grids coverage may
-    put a shape on (see `coverage_priors`; "auto" = powers of two, () = cell centres only).
-    Other base fields are kept."""
-    if boxes.image_size != base.image_size:
-        raise ValueError(f"boxes are in a {boxes.image_size} input, priors.image_size is {base.image_size}")
-    base_grid = PriorGrid.from_config(base)
-    budget = base_grid.num_priors if max_priors is None else int(max_priors)
-    levels: Sequence[Sequence[Sequence[float]]]
-    if method == "paper":
-        levels, info = paper_priors(
-            boxes.wh_px, base.feature_maps, base.aspect_ratios, restarts=restarts, seed=seed
-        )
-    elif method == "coverage":
-        base_shapes = [wh for level in base_grid.shapes for wh in level]
-        levels, info = coverage_priors(
-            boxes,
-            base.feature_maps,
-            base.steps,
-            budget,
-            base_shapes=base_shapes,
-            iou_threshold=iou_threshold,
-            seed=seed,
-            sample_size=sample_size,
-            iou_weight=iou_weight,
-            restarts=max(1, min(restarts, 5)),
-            max_shapes_per_level=max_shapes_per_level,
-            subgrids=subgrids,
-            jitter_scale=jitter_scale,
-            jitter=jitter,
-            jitter_px=jitter_px,
-            min_gain=min_gain,
-        )
-    else:
-        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+    """The shape-form config of `levels` (rounded to 0.01 px) on `base`'s layout, with the
+    prior counts of both added to `info`."""
     shapes = tuple(tuple(_rounded(e) for e in level) for level in levels)
     priors = dataclasses.replace(base, shapes=shapes)
-    grid = PriorGrid.from_config(priors)
-    if method == "coverage" and grid.num_priors > budget:  # pragma: no cover - greedy invariant
-        raise AssertionError(f"coverage produced {grid.num_priors} priors > budget {budget}")
-    if method == "paper" and max_priors is not None and grid.num_priors > max_priors:
-        raise ValueError(
-            f"the paper method gives {grid.num_priors} priors, more than max_priors={max_priors}"
-        )
+    grid, base_grid = PriorGrid.from_config(priors), PriorGrid.from_config(base)
     info.update(
         {
             "num_priors": grid.num_priors,
@@ -732,6 +784,124 @@ def optimize_priors(
         }
     )
     return OptimizeResult(priors, info)
+
+
+def _check_space(boxes: BoxSet, base: PriorsConfig) -> None:
+    if boxes.image_size != base.image_size:
+        raise ValueError(f"boxes are in a {boxes.image_size} input, priors.image_size is {base.image_size}")
+
+
+def optimize_chi(
+    boxes: BoxSet, base: PriorsConfig, *, k: int = CHI_K, restarts: int = 10, seed: int = 0
+) -> OptimizeResult:
+    """Chi et al.'s published prior design (`chi_priors`) fitted to `boxes` (training set, input
+    space of `base`), as a shape-form config; other `base` fields are kept."""
+    _check_space(boxes, base)
+    levels, info = chi_priors(boxes.wh_px, base, k=k, restarts=restarts, seed=seed)
+    return _result(base, levels, info)
+
+
+def optimize_kmeans(
+    boxes: BoxSet,
+    base: PriorsConfig,
+    *,
+    max_priors: int | None = None,
+    restarts: int = 10,
+    seed: int = 0,
+) -> OptimizeResult:
+    """Our k-means generalisation (`kmeans_priors`) fitted to `boxes`, as a shape-form config.
+    It has no budget of its own: raises ValueError when an explicit `max_priors` is exceeded."""
+    _check_space(boxes, base)
+    levels, info = kmeans_priors(
+        boxes.wh_px, base.feature_maps, base.aspect_ratios, restarts=restarts, seed=seed
+    )
+    res = _result(base, levels, info)
+    if max_priors is not None and res.grid.num_priors > max_priors:
+        raise ValueError(
+            f"the kmeans method gives {res.grid.num_priors} priors, more than max_priors={max_priors}"
+        )
+    return res
+
+
+def optimize_coverage(
+    boxes: BoxSet,
+    base: PriorsConfig,
+    *,
+    max_priors: int | None = None,
+    iou_threshold: float = 0.5,
+    seed: int = 0,
+    restarts: int = 5,
+    sample_size: int = SAMPLE_SIZE,
+    iou_weight: float = IOU_WEIGHT,
+    max_shapes_per_level: int = MAX_SHAPES_PER_LEVEL,
+    subgrids: Subgrids = SUBGRIDS,
+    jitter_scale: float = JITTER_SCALE,
+    jitter: int = JITTER_COPIES,
+    jitter_px: float | None = None,
+    min_gain: float = MIN_GAIN,
+) -> OptimizeResult:
+    """Our coverage optimizer (`coverage_priors`) fitted to `boxes` within `max_priors` (default:
+    the base's number of priors), as a shape-form config. `subgrids`: the sub-grids a shape may
+    be put on ("auto" = powers of two, () = cell centres only)."""
+    _check_space(boxes, base)
+    base_grid = PriorGrid.from_config(base)
+    budget = base_grid.num_priors if max_priors is None else int(max_priors)
+    base_shapes = [wh for level in base_grid.shapes for wh in level]
+    levels, info = coverage_priors(
+        boxes,
+        base.feature_maps,
+        base.steps,
+        budget,
+        base_shapes=base_shapes,
+        iou_threshold=iou_threshold,
+        seed=seed,
+        sample_size=sample_size,
+        iou_weight=iou_weight,
+        restarts=max(1, min(restarts, 5)),
+        max_shapes_per_level=max_shapes_per_level,
+        subgrids=subgrids,
+        jitter_scale=jitter_scale,
+        jitter=jitter,
+        jitter_px=jitter_px,
+        min_gain=min_gain,
+    )
+    res = _result(base, levels, info)
+    if res.grid.num_priors > budget:  # pragma: no cover - greedy invariant
+        raise AssertionError(f"coverage produced {res.grid.num_priors} priors > budget {budget}")
+    return res
+
+
+def optimize_priors(
+    boxes: BoxSet,
+    base: PriorsConfig,
+    *,
+    method: Method = "coverage",
+    max_priors: int | None = None,
+    iou_threshold: float = 0.5,
+    seed: int = 0,
+    restarts: int = 10,
+    **coverage_options: Any,
+) -> OptimizeResult:
+    """A complete prior config (shape form) for `base`'s layout fitted to `boxes` (training set,
+    input space; its image size must be the base's) by `method`: `optimize_chi`,
+    `optimize_kmeans` or `optimize_coverage` (which also takes `coverage_options`). `chi` follows
+    the paper and has no budget: an explicit `max_priors` it exceeds raises ValueError, as for
+    `kmeans`."""
+    if method == "chi":
+        res = optimize_chi(boxes, base, restarts=restarts, seed=seed)
+        if max_priors is not None and res.grid.num_priors > max_priors:
+            raise ValueError(
+                f"the chi method gives {res.grid.num_priors} priors, more than max_priors={max_priors}"
+            )
+        return res
+    if method == "kmeans":
+        return optimize_kmeans(boxes, base, max_priors=max_priors, restarts=restarts, seed=seed)
+    if method == "coverage":
+        return optimize_coverage(
+            boxes, base, max_priors=max_priors, iou_threshold=iou_threshold, seed=seed, restarts=restarts,
+            **coverage_options,
+        )  # fmt: skip
+    raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
 
 
 # --------------------------------------------------------------------------- YAML

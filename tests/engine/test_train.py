@@ -299,8 +299,9 @@ def test_auto_priors_trains_with_fitted_priors_of_higher_recall(tmp_path: Path) 
     # resuming with the original config keeps the fitted priors
     more = ssd.config.replace(cfg, **{"train.max_iters": 3})
     assert train(more, tmp_path / "run", resume=True, evaluate_fn=_no_eval).iteration == 3
-    with pytest.raises(ssd.config.ConfigError, match="chi"):
-        train(ssd.config.replace(cfg, **{"train.auto_priors": "chi"}), tmp_path / "chi", evaluate_fn=_no_eval)
+    bad = ssd.config.replace(cfg, **{"train.auto_priors": "paper"})
+    with pytest.raises(ssd.config.ConfigError, match=r"train\.auto_priors"):
+        train(bad, tmp_path / "bad", evaluate_fn=_no_eval)
 
 
 def test_ema_weights_are_evaluated_saved_and_resumed_exactly(tmp_path: Path) -> None:

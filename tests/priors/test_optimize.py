@@ -1,8 +1,9 @@
-"""Prior optimisation (ssd/priors/optimize.py): budgets, the paper method, coverage, YAML output."""
+"""Prior optimisation (ssd/priors/optimize.py): budgets, the chi and kmeans methods, coverage, YAML output."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,13 @@ from ssd import build_model, load_config
 from ssd.config import PriorsConfig
 from ssd.priors import optimize as op
 from ssd.priors.fit import BoxSet, PriorGrid, fit_report, lattice_best_iou
-from ssd.priors.optimize import optimize_priors, paper_priors, subgrid_offsets, write_priors_config
+from ssd.priors.optimize import (
+    kmeans_priors,
+    optimize_chi,
+    optimize_priors,
+    subgrid_offsets,
+    write_priors_config,
+)
 
 SMALL = PriorsConfig(
     image_size=64,
@@ -46,17 +53,17 @@ def band_heavy(n: int, seed: int, size: int = 512, wide_only: bool = False) -> B
     return BoxSet(rel, (kind + 1).astype(np.int64), np.arange(n), tuple(str(i) for i in range(n)), size)
 
 
-def test_coverage_beats_paper_and_original_on_bands() -> None:
+def test_coverage_beats_kmeans_and_original_on_bands() -> None:
     train, val = band_heavy(300, seed=0), band_heavy(300, seed=1)
     base = PriorsConfig()  # SSD512: 24,564 priors
     cov = optimize_priors(train, base, method="coverage", sample_size=1200, seed=0)
-    pap = optimize_priors(train, base, method="paper", restarts=3, seed=0)
+    km = optimize_priors(train, base, method="kmeans", restarts=3, seed=0)
     names = ["band", "blob", "large"]
     r_orig = fit_report(PriorGrid.from_config(base), val, names)
-    r_pap = fit_report(pap.grid, val, names)
+    r_km = fit_report(km.grid, val, names)
     r_cov = fit_report(cov.grid, val, names)
     assert cov.grid.num_priors <= 24564
-    assert r_cov["recall"] > r_pap["recall"] and r_cov["recall"] > r_orig["recall"]
+    assert r_cov["recall"] > r_km["recall"] and r_cov["recall"] > r_orig["recall"]
     assert r_cov["mean_iou_grid"] > r_orig["mean_iou_grid"] + 0.2
     assert r_cov["per_class"]["band"]["recall"] > 0.9 > r_orig["per_class"]["band"]["recall"]
     # deterministic for a seed
@@ -248,10 +255,10 @@ def test_subgrids_reach_tiny_boxes_within_the_budget(tmp_path: Path) -> None:
     assert fit_report(PriorGrid.from_config(cfg.priors), val, ["tiny"])["recall"] == r_sub["recall"]
 
 
-def test_paper_method_reading() -> None:
+def test_kmeans_method_reading() -> None:
     boxes = band_heavy(400, seed=5, wide_only=True)
     base = PriorsConfig()
-    levels, info = paper_priors(boxes.wh_px, base.feature_maps, base.aspect_ratios, restarts=3, seed=0)
+    levels, info = kmeans_priors(boxes.wh_px, base.feature_maps, base.aspect_ratios, restarts=3, seed=0)
     assert len(levels) == 7
     scales = info["min_sizes"]
     assert scales == sorted(scales)
@@ -273,7 +280,7 @@ def test_paper_method_reading() -> None:
     assert all(w >= h - 1e-9 for level in levels for w, h in level)
     # ... and the band clusters get their own extreme ratio, wider than 3
     assert info["extreme_ratios"] and all(r > 3 for r in info["extreme_ratios"].values())
-    again, _ = paper_priors(boxes.wh_px, base.feature_maps, base.aspect_ratios, restarts=3, seed=0)
+    again, _ = kmeans_priors(boxes.wh_px, base.feature_maps, base.aspect_ratios, restarts=3, seed=0)
     assert again == levels
 
 
@@ -308,9 +315,94 @@ def test_written_config_loads_and_builds(tmp_path: Path) -> None:
     assert priors.shape == (grid.num_priors, 4)
     for conv, _f, shapes in zip(model.head.cls, cfg.priors.feature_maps, cfg.priors.shapes):
         assert conv.out_channels == len(shapes) * cfg.num_classes
-    # paper priors (shape form too) are written the same way
-    pap = optimize_priors(boxes, base.priors, method="paper", restarts=2)
-    cfg2 = load_config(write_priors_config(base_path, pap.priors, tmp_path / "paper.yaml"))
+    # kmeans priors (shape form too) are written the same way
+    km = optimize_priors(boxes, base.priors, method="kmeans", restarts=2)
+    cfg2 = load_config(write_priors_config(base_path, km.priors, tmp_path / "kmeans.yaml"))
     assert dataclasses.replace(cfg2.priors, shapes=None) == dataclasses.replace(base.priors, shapes=None)
     with pytest.raises(ValueError, match="max_priors"):
-        optimize_priors(boxes, base.priors, method="paper", restarts=2, max_priors=100)
+        optimize_priors(boxes, base.priors, method="kmeans", restarts=2, max_priors=100)
+
+
+# --------------------------------------------------------------------------- chi (Chi et al., as published)
+
+_SHARED_BOXES = Path(__file__).resolve().parents[2] / "../shared/data/tianchi-boxes/boxes.json"
+TIANCHI_BOXES = Path(os.environ.get("SSD_TIANCHI_BOXES", _SHARED_BOXES))
+needs_tianchi = pytest.mark.skipif(
+    not TIANCHI_BOXES.is_file(), reason=f"Tianchi boxes not at {TIANCHI_BOXES}"
+)
+CHI_COUNTS = [2, 4, 6, 6, 6, 4, 5]  # boxes per cell on SSD512, section 3.2: 33 in all
+
+
+def _check_chi_layout(res: op.OptimizeResult, wh_px: np.ndarray, restarts: int, seed: int) -> None:
+    """The published layout on SSD512, with level 1/2 sizes equal to the k = 7 cluster widths."""
+    from ssd.priors.kmeans import iou_kmeans
+
+    assert res.priors.shapes is not None
+    assert [len(level) for level in res.priors.shapes] == CHI_COUNTS
+    assert res.grid.boxes_per_cell == 33 and res.grid.num_priors == 14325
+    cen = iou_kmeans(wh_px, 7, restarts=restarts, seed=seed).centroids
+    w1, w2 = sorted(cen[:, 0].tolist())[:2]  # the two narrowest centres
+    assert res.info["min_sizes"][:2] == pytest.approx([w1, w2]) and w1 <= w2
+    lv = [[(e[0], e[1]) for e in level] for level in res.priors.shapes]
+    # level 1: the two squares only (ratios 2 and 1/2 removed); max size = level 2's min
+    assert lv[0][0] == pytest.approx((w1, w1), abs=0.006)
+    assert lv[0][1] == pytest.approx((np.sqrt(w1 * w2),) * 2, abs=0.006)
+    # level 2: squares + ratio 2 both ways (3 and 1/3 removed); max size = level 3's min (153.6)
+    r2 = np.sqrt(2.0)
+    expect2 = [(w2, w2), (np.sqrt(w2 * 153.6),) * 2, (w2 * r2, w2 / r2), (w2 / r2, w2 * r2)]
+    for got, want in zip(lv[1], expect2):
+        assert got == pytest.approx(want, abs=0.006)
+    # levels 3-5 as the original SSD512
+    orig = PriorGrid.from_config(PriorsConfig()).shapes
+    for level in (2, 3, 4):
+        for got, want in zip(lv[level], orig[level]):
+            assert got == pytest.approx(want, abs=0.006)
+    # level 6: min 384 as the original, max = the new last min 512
+    assert lv[5][1] == pytest.approx((np.sqrt(384.0 * 512.0),) * 2, abs=0.006)
+    # last level: min 512, max 537.6, ratio 2 both ways and one w/h = 15 box
+    r15 = np.sqrt(15.0)
+    expect7 = [
+        (512, 512), (np.sqrt(512 * 537.6),) * 2, (512 * r2, 512 / r2), (512 / r2, 512 * r2),
+        (512 * r15, 512 / r15),
+    ]  # fmt: skip
+    for got, want in zip(lv[6], expect7):
+        assert got == pytest.approx(want, abs=0.006)
+
+
+def test_chi_published_layout_on_ssd512() -> None:
+    boxes = band_heavy(400, seed=11)
+    res = optimize_chi(boxes, PriorsConfig(), restarts=3, seed=0)
+    _check_chi_layout(res, boxes.wh_px, restarts=3, seed=0)
+    again = optimize_priors(boxes, PriorsConfig(), method="chi", restarts=3, seed=0)
+    assert again.priors.shapes == res.priors.shapes
+
+
+def test_chi_rejects_what_the_paper_does_not_define() -> None:
+    boxes = band_heavy(100, seed=12)
+    with pytest.raises(ValueError, match="ratio-form"):
+        optimize_chi(boxes, dataclasses.replace(PriorsConfig(), shapes=(((10.0, 10.0),),) * 7), restarts=1)
+    with pytest.raises(ValueError, match="max_priors"):
+        optimize_priors(boxes, PriorsConfig(), method="chi", restarts=1, max_priors=14000)
+    with pytest.raises(ValueError, match="distinct"):
+        optimize_chi(band_heavy(5, seed=1), PriorsConfig(), restarts=1)
+
+
+@needs_tianchi
+def test_chi_on_the_real_tianchi_boxes() -> None:
+    """Golden values on the real boxes (k = 7, 10 restarts, seed 0): 14,325 priors, level 1/2
+    min sizes = the widths of the two smallest centres, and a better mean shape IoU than the
+    original SSD512 (the paper: 36.54% -> 40.05% on its data)."""
+    from ssd.data.coco import read_coco_records
+    from ssd.data.labelme import TIANCHI_CLASSES
+    from ssd.priors.fit import records_to_boxes
+
+    records = read_coco_records(TIANCHI_BOXES, TIANCHI_BOXES.parent, TIANCHI_CLASSES, check_images=False)
+    boxes = records_to_boxes(records, 512)
+    assert boxes.num_boxes == 504
+    res = optimize_chi(boxes, PriorsConfig(), restarts=10, seed=0)
+    _check_chi_layout(res, boxes.wh_px, restarts=10, seed=0)
+    assert res.info["min_sizes"][:2] == pytest.approx([17.67, 76.33], abs=0.01)
+    names = list(TIANCHI_CLASSES)
+    ours = fit_report(res.grid, boxes, names)
+    orig = fit_report(PriorGrid.from_config(PriorsConfig()), boxes, names)
+    assert ours["mean_iou_shape"] > orig["mean_iou_shape"]

@@ -158,7 +158,7 @@ def test_kmeans_and_sweep(dataset: dict[str, Path], capsys: pytest.CaptureFixtur
     assert (out_dir / "sweep.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("method", ["coverage", "paper"])
+@pytest.mark.parametrize("method", ["coverage", "kmeans", "chi"])
 def test_optimize_writes_a_config_that_loads_builds_and_fits_better(
     dataset: dict[str, Path], capsys: pytest.CaptureFixture[str], method: str
 ) -> None:
@@ -174,8 +174,7 @@ def test_optimize_writes_a_config_that_loads_builds_and_fits_better(
             str(new),
             "--method",
             method,
-            "--sample-size",
-            "800",
+            *(["--sample-size", "800"] if method == "coverage" else []),
             "--restarts",
             "3",
             "--set",
@@ -191,6 +190,8 @@ def test_optimize_writes_a_config_that_loads_builds_and_fits_better(
     assert model.priors().shape[0] == res["num_priors"]
     if method == "coverage":
         assert res["num_priors"] <= 24564
+    if method == "chi":  # the published layout: 2/4/6/6/6/4/5 boxes per cell
+        assert res["boxes_per_cell"] == 33 and res["num_priors"] == 14325
     assert (out_dir / "shapes.png").stat().st_size > 0 and (out_dir / "optimize.json").is_file()
     # on the held-out split, against the base priors
     fit = run(capsys, ["fit", "--config", str(dataset["cfg"]), "--compare", str(new), "--split-name", "val"])
@@ -216,6 +217,8 @@ def test_errors_exit_2_and_name_the_culprit(
     out = dataset["tmp"] / "x.yaml"
     assert main(["optimize", *base, "--out", str(out), "--max-priors", "100"]) == 2
     assert "max_priors=100" in capsys.readouterr().err
+    assert main(["optimize", *base, "--out", str(out), "--method", "chi", "--jitter", "4"]) == 2
+    assert "--jitter applies to --method coverage only" in capsys.readouterr().err
     assert main(["fit", "--config", str(dataset["tmp"] / "missing.yaml")]) == 2
     assert "missing.yaml" in capsys.readouterr().err
 
