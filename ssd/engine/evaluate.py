@@ -13,6 +13,7 @@ from ssd.config import Config
 from ssd.data.loader import build_eval_loader, build_records
 from ssd.detector import load_model_state
 from ssd.engine.checkpoint import load_checkpoint
+from ssd.engine.runtime import DeviceCaps, autocast, resolve_inference_precision
 from ssd.modeling.build import build_model
 from ssd.modeling.ssd import SSD
 from ssd.postprocess import postprocess
@@ -36,8 +37,10 @@ def predict_split(
     priors = model.priors().detach()
     pp = cfg.postprocess
     out: dict[str, Detections] = {}
+    precision = resolve_inference_precision(cfg, DeviceCaps.of(device))  # decode/NMS stay fp32
     for batch in loader:
-        outputs = model(batch.images.to(device, non_blocking=True))
+        with autocast(device.type, precision):
+            outputs = model(batch.images.to(device, non_blocking=True))
         dets = postprocess(
             outputs,
             priors,
