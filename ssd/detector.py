@@ -12,11 +12,13 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch import Tensor
 
+from ssd.backends import build_network
 from ssd.config import Config
 from ssd.engine.checkpoint import load_checkpoint
+from ssd.engine.runtime import DeviceCaps, resolve_inference_precision, use_channels_last
 from ssd.modeling.build import build_model
 from ssd.postprocess import postprocess
-from ssd.structures import Detections
+from ssd.structures import Detections, HeadOutputs
 
 ImageLike = Tensor | np.ndarray | Image.Image
 
@@ -54,8 +56,11 @@ def preprocess(
         x = img.to(device, non_blocking=True)
         x = TF.resize(x, [size, size], antialias=True)
         batch.append(x)
-    x = torch.stack(batch).float().div_(255.0)
-    x = TF.normalize(x, list(mean), list(std))
+    x = torch.stack(batch).float()
+    # /255 and normalisation fused into one subtract and one multiply over the batch
+    shift = torch.tensor(mean, dtype=torch.float32, device=x.device).mul_(255.0)[:, None, None]
+    scale = torch.tensor(std, dtype=torch.float32, device=x.device).mul_(255.0).reciprocal_()[:, None, None]
+    x = x.sub_(shift).mul_(scale)
     return x, torch.tensor(sizes, dtype=torch.float32, device=device)
 
 
@@ -64,9 +69,21 @@ class Detector:
 
     `Detector(cfg, checkpoint=None, device="cpu")(images) -> list[Detections]`; boxes are xyxy in
     the pixels of each original image, labels in 1..C-1 (`class_names[label - 1]`).
+
+    `backend` runs the network: "eager" (PyTorch; `precision` None = `inference.precision`,
+    channels_last per `inference.channels_last`), "onnxruntime" or "openvino" (CPU, fp32, through
+    the ONNX export; written to `onnx_path` or a temporary file). See `ssd.backends`.
     """
 
-    def __init__(self, cfg: Config, checkpoint: str | Path | None = None, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        cfg: Config,
+        checkpoint: str | Path | None = None,
+        device: str | torch.device = "cpu",
+        backend: str = "eager",
+        precision: str | None = None,
+        onnx_path: str | Path | None = None,
+    ):
         self.cfg = cfg
         self.device = torch.device(device)
         self.model = build_model(cfg)
@@ -76,6 +93,13 @@ class Detector:
         self.model.priors.freeze()
         self.model.to(self.device).eval()
         self.class_names = cfg.data.classes
+        caps = DeviceCaps.of(self.device)
+        eager = backend == "eager"
+        self.precision = resolve_inference_precision(cfg, caps, precision) if eager else "fp32"
+        self.network = build_network(
+            backend, self.model, cfg.priors.image_size, precision=self.precision,
+            channels_last=eager and use_channels_last(cfg, caps), onnx_path=onnx_path,
+        )  # fmt: skip
 
     @torch.inference_mode()
     def __call__(self, images: Sequence[ImageLike]) -> list[Detections]:
@@ -84,7 +108,7 @@ class Detector:
         tensors = [to_uint8_chw(im) for im in images]
         c = self.cfg
         x, sizes = preprocess(tensors, c.priors.image_size, c.input.mean, c.input.std, self.device)
-        outputs = self.model(x)
+        outputs = HeadOutputs(*self.network(x))
         pp = c.postprocess
         return postprocess(
             outputs,
