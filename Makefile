@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck pytest demo clean
+.PHONY: install test lint typecheck pytest demo gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: lint typecheck pytest
 
 demo: install
 	$(PY) -m tools.demo
+
+# The prepared device check (CUDA): tests, inference and training speed, memory -> docs/results/gpu/
+gpu-check: install
+	$(PY) -m tools.gpu_check --device cuda --output-dir docs/results/gpu
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
