@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     caps = DeviceCaps.of(device)
     precisions = [p or resolve_inference_precision(cfg, caps) for p in precisions]
     channels_last = args.channels_last if args.channels_last is not None else use_channels_last(cfg, caps)
+    channels_last = channels_last and args.backend == "eager"  # the ONNX runtimes pick their own layouts
     if args.backend != "eager":
         if device.type != "cpu" or args.compile or precisions != ["fp32"]:
             return fail(f"--backend {args.backend} runs on --device cpu in fp32 without --compile")
