@@ -70,6 +70,15 @@ TARGETS = {
 }
 _TARGET_GPUS = ("H100", "H200")
 
+# Quick training: the smallest input with the SSD512 layout of source maps (34/17/9/5/3/2/1).
+_QUICK_TRAIN_PRIORS = {
+    "image_size": 272,
+    "feature_maps": [34, 17, 9, 5, 3, 2, 1],
+    "steps": [8, 16, 30, 54, 91, 136, 272],
+    "min_sizes": [19, 41, 82, 122, 163, 204, 245],
+    "max_sizes": [41, 82, 122, 163, 204, 245, 286],
+}
+
 
 @dataclass
 class CheckOptions:
@@ -158,7 +167,7 @@ def run_tests(dev: torch.device, tests_dir: Path, timeout_s: float) -> dict[str,
     ok = proc.returncode == 0 and counts["failed"] == 0 and counts["passed"] > 0
     return {
         "status": "passed" if ok else "failed",
-        "command": " ".join([*cmd[:7], str(tests_dir)]),
+        "command": f"python -m pytest -m gpu {tests_dir}",
         "returncode": proc.returncode,
         "seconds": seconds,
         **counts,
@@ -305,6 +314,7 @@ def run_training(
                 "synthetic_size": img_size, "synthetic_val_fraction": 0.25,
             },
             "train": {**config_to_dict(cfg)["train"], "batch_size": bs, "warmup_iters": 0},
+            **({"priors": _QUICK_TRAIN_PRIORS} if quick else {}),
         }
     )  # fmt: skip
     rt = resolve_train_runtime(tcfg, DeviceCaps.of(dev))
@@ -358,6 +368,7 @@ def run_training(
         "runtime": rt.as_dict(),
         "loader_workers": sizes["num_workers"],
         "data": f"{n_img} synthetic {img_size[0]}x{img_size[1]} images, training augmentation",
+        "input_size": tcfg.priors.image_size,
         "dataset_prepare_s": prepare_s,
         "warmup_steps": warm,
         "steps": iters,
@@ -533,7 +544,8 @@ def format_markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"Batch {tr['batch_size']}, mixed precision **{tr['amp']}** "
             f"(gradient scaler: {tr['grad_scaler']}), "
-            f"{tr['loader_workers']} loader workers, {tr['data']}; {tr['steps']} timed steps after "
+            f"{tr['loader_workers']} loader workers, {tr['data']}, network input "
+            f"{tr['input_size']}x{tr['input_size']}; {tr['steps']} timed steps after "
             f"{tr['warmup_steps']} warm-up, each: next batch from the loader, copy, forward + loss, "
             f"backward, optimizer step. **{tr['images_per_s']:.1f} images/s**, step p50 "
             f"{tr['step_p50_ms']:.1f} ms, p95 {tr['step_p95_ms']:.1f} ms; losses finite: "
