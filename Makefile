@@ -4,13 +4,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck pytest demo clean
+.PHONY: install test lint typecheck pytest demo gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,deploy]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -28,6 +28,10 @@ test: lint typecheck pytest
 
 demo: install
 	$(PY) -m tools.demo
+
+# The prepared device check (CUDA): tests, inference and training speed, memory -> docs/results/gpu/
+gpu-check: install
+	$(PY) -m tools.gpu_check --device cuda --output-dir docs/results/gpu
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -161,6 +161,10 @@ class DataConfig:
     # reading headers only.
     check_decode: bool = False
     num_workers: int = 2
+    # CUDA runs: page-locked host batches copied with non_blocking=True (ignored without CUDA).
+    pin_memory: bool = True
+    # Keep loader worker processes alive between epochs/evaluations (when num_workers > 0).
+    persistent_workers: bool = True
     # synthetic generator (format: synthetic): generated into `root` on first use
     synthetic_num_images: int = 200
     synthetic_size: tuple[int, int] = (2560, 1920)
@@ -193,7 +197,11 @@ class TrainConfig:
     milestones: tuple[int, ...] = (80000, 100000)
     gamma: float = 0.1
     grad_clip: float | None = None
-    amp: Literal["none", "bf16", "fp16"] = "none"
+    # Mixed precision on CUDA (CPU runs train in fp32): auto = bf16 where the GPU has native bf16
+    # (compute capability >= 8.0), else fp16 with gradient scaling; none = fp32. See ssd.engine.runtime.
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
+    # cuDNN autotuning of convolution algorithms (CUDA; input shapes are fixed in training).
+    cudnn_benchmark: bool = True
     channels_last: bool = False
     # Data-parallel runs on CUDA: BatchNorm layers become SyncBatchNorm (statistics over the
     # global batch instead of each process's slice). Ignored in single-process runs.
@@ -227,6 +235,17 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class InferenceConfig:
+    """Network precision and memory format of evaluation, prediction, `Detector` and benchmark.
+
+    `precision` auto = bf16 on CUDA GPUs with native bf16, fp16 on other CUDA GPUs, fp32 on CPU;
+    decode and NMS always run in fp32. See ssd.engine.runtime."""
+
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     priors: PriorsConfig = field(default_factory=PriorsConfig)
@@ -238,6 +257,7 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
     seed: int = 0
 
     @property

@@ -12,6 +12,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch import Tensor
 
+from ssd.backends import build_network
 from ssd.config import Config
 from ssd.engine.checkpoint import (
     CheckpointMismatchError,
@@ -20,10 +21,11 @@ from ssd.engine.checkpoint import (
     load_checkpoint,
     model_weights,
 )
+from ssd.engine.runtime import DeviceCaps, resolve_inference_precision, use_channels_last
 from ssd.modeling.build import build_model
 from ssd.postprocess import postprocess
 from ssd.sliced import build_sliced_predictor
-from ssd.structures import Detections
+from ssd.structures import Detections, HeadOutputs
 
 ImageLike = Tensor | np.ndarray | Image.Image
 
@@ -61,8 +63,11 @@ def preprocess(
         x = img.to(device, non_blocking=True)
         x = TF.resize(x, [size, size], antialias=True)
         batch.append(x)
-    x = torch.stack(batch).float().div_(255.0)
-    x = TF.normalize(x, list(mean), list(std))
+    x = torch.stack(batch).float()
+    # /255 and normalisation fused into one subtract and one multiply over the batch
+    shift = torch.tensor(mean, dtype=torch.float32, device=x.device).mul_(255.0)[:, None, None]
+    scale = torch.tensor(std, dtype=torch.float32, device=x.device).mul_(255.0).reciprocal_()[:, None, None]
+    x = x.sub_(shift).mul_(scale)
     return x, torch.tensor(sizes, dtype=torch.float32, device=device)
 
 
@@ -73,10 +78,20 @@ class Detector:
     the pixels of each original image, labels in 1..C-1 (`class_names[label - 1]`).
     `cfg=None` takes the config stored in the checkpoint (`Detector(None, "runs/x/best.pt")`).
     A checkpoint that does not fit `cfg` raises `CheckpointMismatchError` (a ValueError).
+    `backend` runs the network: "eager" (PyTorch; `precision` None = `inference.precision`,
+    channels_last per `inference.channels_last`), "onnxruntime" or "openvino" (CPU, fp32, through
+    the ONNX export; written to `onnx_path` or a temporary file). See `ssd.backends`. Sliced
+    inference (`input.tiling`) runs the eager model.
     """
 
     def __init__(
-        self, cfg: Config | None, checkpoint: str | Path | None = None, device: str | torch.device = "cpu"
+        self,
+        cfg: Config | None,
+        checkpoint: str | Path | None = None,
+        device: str | torch.device = "cpu",
+        backend: str = "eager",
+        precision: str | None = None,
+        onnx_path: str | Path | None = None,
     ):
         state: dict[str, Any] | None = load_checkpoint(checkpoint) if checkpoint is not None else None
         if cfg is None:
@@ -93,6 +108,13 @@ class Detector:
         self.sliced = (
             build_sliced_predictor(cfg, self.model, self.device) if cfg.input.tiling.enabled else None
         )
+        caps = DeviceCaps.of(self.device)
+        eager = backend == "eager"
+        self.precision = resolve_inference_precision(cfg, caps, precision) if eager else "fp32"
+        self.network = build_network(
+            backend, self.model, cfg.priors.image_size, precision=self.precision,
+            channels_last=eager and use_channels_last(cfg, caps), onnx_path=onnx_path,
+        )  # fmt: skip
 
     @torch.inference_mode()
     def __call__(self, images: Sequence[ImageLike]) -> list[Detections]:
@@ -103,7 +125,7 @@ class Detector:
             return self.sliced(tensors)
         c = self.cfg
         x, sizes = preprocess(tensors, c.priors.image_size, c.input.mean, c.input.std, self.device)
-        outputs = self.model(x)
+        outputs = HeadOutputs(*self.network(x))
         pp = c.postprocess
         return postprocess(
             outputs,

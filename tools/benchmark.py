@@ -75,7 +75,8 @@ def _describe(results: list[dict[str, Any]]) -> str:
     lines = [
         f"device: {first['device']} ({first['device_name']}), threads {first['num_threads']}, "
         f"torch {first['torch_version']}, torchvision {first['torchvision_version']}",
-        f"channels_last={first['channels_last']} compile={first['compile']} warmup={first['warmup']} "
+        f"backend={first.get('backend', 'eager')} channels_last={first['channels_last']} "
+        f"compile={first['compile']} warmup={first['warmup']} "
         f"iters={first['iters']} input {first['image_size']}x{first['image_size']}, "
         f"{first['num_priors']} priors",
     ]
@@ -104,13 +105,28 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    parser.add_argument(
+        "--precision", choices=["fp32", "bf16", "fp16"],
+        help="network precision (default: inference.precision; auto = bf16/fp16 on CUDA, fp32 on CPU)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--backend", choices=["eager", "onnxruntime", "openvino"], default="eager",
+        help="runtime of our network: eager PyTorch, ONNX Runtime or OpenVINO (CPU, fp32; extra [deploy])",
+    )  # fmt: skip
+    parser.add_argument("--onnx", help="ONNX file for --backend onnxruntime/openvino (exported if missing)")
     parser.add_argument("--sweep", action="store_true", help="sweep batch sizes x precisions")
     parser.add_argument("--sweep-batch-sizes", default=SWEEP_BATCH_SIZES, help=f"default {SWEEP_BATCH_SIZES}")
     parser.add_argument("--sweep-precisions", default=SWEEP_PRECISIONS, help=f"default {SWEEP_PRECISIONS}")
     parser.add_argument("--warmup", type=int, help="warm-up iterations (default 10 on CUDA, 2 on CPU)")
     parser.add_argument("--iters", type=int, help="timed iterations (default 50 on CUDA, 10 on CPU)")
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument(
+        "--channels-last", action=argparse.BooleanOptionalAction, default=None,
+        help="our eager network in NHWC (default: inference.channels_last of the config, on)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--torchvision-channels-last", action="store_true",
+        help="torchvision's model in NHWC too (default: NCHW, as torchvision ships it)",
+    )  # fmt: skip
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     parser.add_argument(
         "--compile-mode", default="default",
@@ -140,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm import tqdm
 
+    from ssd.backends import backend_available
     from ssd.engine.benchmark import benchmark, build_pipeline_settings, build_torchvision_ssd512
+    from ssd.engine.runtime import DeviceCaps, resolve_inference_precision, use_channels_last
     from ssd.export import load_inference_model
 
     try:
@@ -151,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             if bad or not precisions:
                 return fail(f"--sweep-precisions: expected fp32/bf16/fp16, got {args.sweep_precisions!r}")
         else:
-            batch_sizes, precisions = [args.batch_size], [args.precision]
+            batch_sizes, precisions = [args.batch_size], [args.precision]  # None: from the config
         height, width = (int(v) for v in args.orig_size.lower().split("x"))
     except (ValueError, argparse.ArgumentTypeError) as exc:
         return fail(str(exc) if isinstance(exc, argparse.ArgumentTypeError) else f"--orig-size: {exc}")
@@ -174,6 +192,15 @@ def main(argv: list[str] | None = None) -> int:
         cfg, model = load_inference_model(args.checkpoint, args.config, args.overrides)
     except USAGE_ERRORS as exc:
         return fail(str(exc))
+    caps = DeviceCaps.of(device)
+    precisions = [p or resolve_inference_precision(cfg, caps) for p in precisions]
+    channels_last = args.channels_last if args.channels_last is not None else use_channels_last(cfg, caps)
+    channels_last = channels_last and args.backend == "eager"  # the ONNX runtimes pick their own layouts
+    if args.backend != "eager":
+        if device.type != "cpu" or args.compile or precisions != ["fp32"]:
+            return fail(f"--backend {args.backend} runs on --device cpu in fp32 without --compile")
+        if not backend_available(args.backend):
+            return fail(f"--backend {args.backend}: runtime not installed (pip install 'ssd512[deploy]')")
     settings = build_pipeline_settings(cfg)
     tv_model = None
     if args.vs_torchvision:
@@ -184,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     common = {
-        "device": device, "warmup": warmup, "iters": iters, "channels_last": args.channels_last,
+        "device": device, "warmup": warmup, "iters": iters, "channels_last": channels_last,
+        "backend": args.backend, "onnx_path": args.onnx,
+        "torchvision_channels_last": args.torchvision_channels_last,
         "compile": args.compile, "compile_mode": args.compile_mode, "orig_size": (height, width),
         "images_on_host": args.images_on_host, "seed": args.seed,
     }  # fmt: skip

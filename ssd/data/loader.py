@@ -378,8 +378,8 @@ def _loader_kwargs(cfg: Config) -> dict[str, Any]:
     nw = cfg.data.num_workers
     return {
         "num_workers": nw,
-        "pin_memory": torch.cuda.is_available(),
-        "persistent_workers": nw > 0,
+        "pin_memory": cfg.data.pin_memory and torch.cuda.is_available(),
+        "persistent_workers": cfg.data.persistent_workers and nw > 0,
         "collate_fn": functools.partial(collate, use_difficult=cfg.data.use_difficult),
     }
 

@@ -287,6 +287,8 @@ def _prepare_ours(
     images_on_host: bool,
     seed: int,
     flops: bool,
+    backend: str = "eager",
+    onnx_path: str | None = None,
 ) -> _Prepared:
     autocast = autocast_context(dev, precision)  # validates precision
     size = settings.image_size
@@ -295,6 +297,12 @@ def _prepare_ours(
     if channels_last:
         model.to(memory_format=torch.channels_last)
     net: Callable[[Tensor], tuple[Tensor, Tensor]] = TensorOutputs(model)
+    if backend != "eager":  # ONNX Runtime / OpenVINO on the exported network (CPU, fp32)
+        from ssd.backends import build_network
+
+        if compile or precision != "fp32" or dev.type != "cpu":
+            raise ValueError(f"backend {backend!r} runs on the CPU in fp32 without torch.compile")
+        net = build_network(backend, model, size, onnx_path=onnx_path)
     if compile:
         net = torch.compile(net, mode=compile_mode)
     priors = priors.detach().to(dev, torch.float32)
@@ -327,10 +335,13 @@ def _prepare_ours(
         if channels_last:
             model.to(memory_format=torch.contiguous_format)
 
-    mode = f"torch.compile(mode={compile_mode!r})" if compile else "eager"
+    mode = f"torch.compile(mode={compile_mode!r})" if compile else backend
+    if backend == "eager" and channels_last:
+        mode += ", channels_last"
     amp = "fp32" if precision == "fp32" else f"autocast {precision}"
     info = {
         "model": "ours",
+        "backend": backend,
         "compile_mode": compile_mode if compile else None,
         "image_size": size,
         "num_priors": int(priors.shape[0]),
@@ -545,6 +556,9 @@ def benchmark(
     seed: int = 0,
     flops: bool = True,
     torchvision_model: Any = None,
+    backend: str = "eager",
+    onnx_path: str | None = None,
+    torchvision_channels_last: bool | None = None,
 ) -> dict[str, Any]:
     """Time an SSD `model` (forward(images [B, 3, S, S]) -> HeadOutputs) with its `priors`
     [P, 4] cxcywh relative: the network alone and end to end (see the module docstring).
@@ -559,7 +573,12 @@ def benchmark(
 
     With `torchvision_model` (from `build_torchvision_ssd512`) that model is timed on the same
     images with the same settings, interleaved with ours, and the result gains `torchvision`
-    (its report) and `speed_ratio` (ours / torchvision images per second).
+    (its report) and `speed_ratio` (ours / torchvision images per second); its memory format is
+    `torchvision_channels_last` (None: the same as ours).
+
+    `backend` "onnxruntime" / "openvino" runs our network through `ssd.backends` (CPU, fp32; the
+    ONNX graph is exported to `onnx_path` or a temporary file); pre- and post-processing stay the
+    same PyTorch code.
 
     Returns a JSON-ready dict: `network` and `end_to_end` timing summaries (`summarize_times`),
     `network_fps`, `end_to_end_fps` (from the median), `includes`, FLOPs per image, achieved
@@ -580,11 +599,14 @@ def benchmark(
         # fresh caches per run: every run compiles the same forward code object, and a sweep's
         # batch sizes x precisions would otherwise exceed dynamo's recompile limit (-> eager)
         torch._dynamo.reset()
+    tv_cl = channels_last if torchvision_channels_last is None else torchvision_channels_last
     prepared: list[_Prepared] = []
     try:
-        prepared.append(_prepare_ours(model, priors, settings, **common))
+        prepared.append(
+            _prepare_ours(model, priors, settings, **common, backend=backend, onnx_path=onnx_path)
+        )
         if torchvision_model is not None:
-            prepared.append(_prepare_torchvision(torchvision_model, **common))
+            prepared.append(_prepare_torchvision(torchvision_model, **{**common, "channels_last": tv_cl}))
     except BaseException:
         for p in prepared:
             p.restore()
@@ -611,6 +633,7 @@ def benchmark(
     ]
     ours = reports[0]
     if torchvision_model is not None:
+        reports[1]["channels_last"] = tv_cl
         ours["torchvision"] = reports[1]
         ours["speed_ratio"] = speed_ratio(ours, reports[1])
         ours["same_number_of_priors"] = ours["num_priors"] == reports[1]["num_priors"]

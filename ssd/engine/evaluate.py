@@ -15,6 +15,7 @@ from ssd.data.loader import build_eval_loader, build_records, checked
 from ssd.data.records import DatasetError, Record
 from ssd.detector import load_model_state
 from ssd.engine.checkpoint import config_for_checkpoint, describe_mismatch, load_checkpoint, model_weights
+from ssd.engine.runtime import DeviceCaps, autocast, resolve_inference_precision
 from ssd.modeling.build import build_model
 from ssd.modeling.ssd import SSD
 from ssd.postprocess import postprocess
@@ -57,13 +58,15 @@ def predict_split(
     priors = model.priors().detach()
     pp = cfg.postprocess
     out: dict[str, Detections] = {}
+    precision = resolve_inference_precision(cfg, DeviceCaps.of(device))  # decode/NMS stay fp32
     skipped: list[DatasetError] = list(loader.dataset.left_out)  # type: ignore[attr-defined]
     try:
         for batch in checked(loader):
             for err in batch.skipped:
                 skipped.append(err if isinstance(err, DatasetError) else DatasetError("?", str(err)))
             if batch.image_ids:
-                outputs = model(batch.images.to(device, non_blocking=True))
+                with autocast(device.type, precision):
+                    outputs = model(batch.images.to(device, non_blocking=True))
                 dets = postprocess(
                     outputs,
                     priors,

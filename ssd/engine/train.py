@@ -15,7 +15,6 @@ decisions are all-reduced, so the processes never diverge.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -36,6 +35,7 @@ from ssd.config import Config, ConfigError, config_from_dict, config_to_dict, sa
 from ssd.data.loader import build_train_loader, checked
 from ssd.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ssd.engine.distributed import DistContext, setup_distributed
+from ssd.engine.runtime import DeviceCaps, apply_cudnn_benchmark, resolve_train_runtime
 from ssd.losses import LossOutput, MultiBoxLoss
 from ssd.modeling.build import build_model
 from ssd.modeling.ssd import SSD
@@ -202,13 +202,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _autocast(cfg: Config, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    if cfg.train.amp == "none" or device.type != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if cfg.train.amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 class _SignalGuard:
     """Turns SIGINT/SIGTERM into a flag checked between steps (so a checkpoint can be written)."""
 
@@ -302,7 +295,11 @@ def _train(
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler(dev.type, enabled=cfg.train.amp == "fp16" and dev.type == "cuda")
+    runtime = resolve_train_runtime(cfg, DeviceCaps.of(dev))  # amp, cuDNN autotuning, pinned memory
+    log.info("runtime on %s: %s", dev, runtime.as_dict())
+    if dev.type == "cuda":
+        apply_cudnn_benchmark(runtime.cudnn_benchmark)
+    scaler = torch.amp.GradScaler(dev.type, enabled=runtime.grad_scaler)
     criterion = MultiBoxLoss(
         cfg.matcher.iou_threshold, cfg.loss.neg_pos_ratio, cfg.priors.variances, cfg.loss.loc_weight
     )
@@ -365,6 +362,7 @@ def _train(
                 "ema": None if ema is None else {
                     "model": ema.module.state_dict(), "updates": int(ema.n_averaged)
                 },
+                "runtime": runtime.as_dict(),
             },
             path,
         )
@@ -404,11 +402,11 @@ def _train(
                     log.warning("iteration %d: %s; replaced by another sample (data.skip_invalid)", it, err)
                 model.train()
                 lr = set_lr(optimizer, cfg.train.lr, lr_factor(it, cfg))
-                images = batch.images.to(dev, non_blocking=True)
+                images = batch.images.to(dev, non_blocking=runtime.non_blocking)
                 if cfg.train.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 targets = batch.targets.to(dev)
-                with _autocast(cfg, dev):
+                with runtime.autocast(dev.type):
                     outputs = net(images)
                 priors = model.priors()
                 if aids is not None:
