@@ -1,6 +1,6 @@
 """Tianchi aluminum layout (LabelMe JSON per image) -> `Record`s.
 
-Layout (../shared/DATA.md): folders per defect (any depth) under `root`, each image
+Layout of the Tianchi 2018 aluminum data: folders per defect (any depth) under `root`, each image
 `<name>.jpg` with `<name>.json` beside it; defect-free images have no JSON and become
 background-only records. JSON fields used: `shapes[].label` (Chinese names are mapped with
 `TIANCHI_LABELS`; the English names are accepted as they are), `shapes[].points` (a rectangle as

@@ -1,4 +1,4 @@
-"""Seeded synthetic aluminum-defect images in the Tianchi layout (../shared/DATA.md).
+"""Seeded synthetic aluminum-defect images in the Tianchi layout (see `ssd.data.labelme`).
 
 `generate_dataset` writes, under `out_dir`:
 

@@ -4,7 +4,7 @@ Layout: `root/Annotations/<stem>.xml` and `root/JPEGImages/<stem>.<ext>` (VOC), 
 spelling `root/ANNOTATIONS/` + `root/IMAGES/`; see `ANNOTATION_DIRS` / `IMAGE_DIRS`. A split file
 lists one stem per line (VOC `ImageSets/Main/*.txt`; only the first token of a line is used).
 
-Conventions handled (all present in NEU-DET, see ../shared/data/neu-det/SOURCE.md):
+Conventions handled (all present in NEU-DET, the Northeastern University steel-defect set):
 * the class is `<object><name>`, never the file name;
 * image and XML are paired by file stem: `<filename>` is ignored (NEU-DET writes it without
   `.jpg` in 174 files);
