@@ -342,11 +342,12 @@ def _build_dataclass(cls: type, values: Mapping[str, Any], prefix: str = "") -> 
     return cls(**kwargs)
 
 
-def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+def merge_values(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `update` merged in, recursively for nested mappings (neither is modified)."""
     out = dict(base)
     for k, v in update.items():
         if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = _merge(out[k], v)
+            out[k] = merge_values(out[k], v)
         else:
             out[k] = v
     return out
@@ -393,7 +394,7 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
 
 def config_from_dict(values: Mapping[str, Any], overrides: Sequence[str] = ()) -> Config:
     """Build and validate a Config from a (partial) mapping plus `--set` style overrides."""
-    merged = _merge(dict(values), parse_overrides(overrides))
+    merged = merge_values(values, parse_overrides(overrides))
     cfg = _build_dataclass(Config, merged)
     validate(cfg)
     assert isinstance(cfg, Config)

@@ -11,10 +11,11 @@ import torch
 
 import ssd
 from ssd.config import config_from_dict
-from ssd.losses import MultiBoxLoss
+from ssd.losses import MultiBoxLoss, PriorAids
+from ssd.modeling.build import export_learned_priors
 from ssd.modeling.head import ScaleOnlyBatchNorm
+from ssd.modeling.priors import PriorBoxes, break_ties
 from ssd.priors.generator import flat_shapes, prior_layout
-from ssd.priors.learnable import PriorAids, PriorBoxes, break_ties, export_learned_priors
 from ssd.structures import HeadOutputs, Targets
 
 SMALL = {

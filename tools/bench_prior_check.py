@@ -63,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         fit = prior_fit(cfg, boxes)
         times.append(time.perf_counter() - start)
     print(json.dumps({
-        "boxes": n, "distinct_boxes": len(base), "num_priors": fit["num_priors"],
+        "boxes": n, "distinct_boxes": len(base), "num_priors": fit.num_priors,
         "best_s": round(min(times), 3), "all_s": [round(t, 3) for t in times],
-        "recall": round(fit["recall"], 4), "mean_iou_grid": round(fit["mean_iou_grid"], 4),
+        "recall": round(fit.recall, 4), "mean_iou_grid": round(fit.mean_iou_grid, 4),
     }))  # fmt: skip
     return 0
 

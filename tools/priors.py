@@ -276,11 +276,11 @@ def tiled_small_recall(
     sub = boxes.subset(mask)
     out: dict[str, Any] = {"num_window_boxes": int(mask.sum()), "recall": {}, "recall_expected": {}}
     for name, grid in grids.items():
-        rep = {}
+        rep = None
         if sub.num_boxes:
             rep = fit_report(grid, sub, cfg.data.classes, iou_threshold=thr, shifts=shifts)
-        out["recall"][name] = rep.get("recall")
-        out["recall_expected"][name] = rep.get("recall_expected")
+        out["recall"][name] = None if rep is None else rep.recall
+        out["recall_expected"][name] = None if rep is None else rep.recall_expected
     return out
 
 
@@ -314,7 +314,8 @@ def _name(path: str | None) -> str:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from ssd.priors.fit import PriorGrid, fit_report, fit_table_markdown
+    from ssd.priors.fit import FitReport, fit_report, fit_table_markdown
+    from ssd.priors.generator import PriorSet
     from ssd.priors.plots import plot_class_recall, plot_shape_density
 
     cfg = _load_cfg(args.config, args.overrides)
@@ -331,10 +332,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
         while name in configs:
             name += "'"
         configs[name] = other
-    reports: dict[str, dict[str, Any]] = {}
+    reports: dict[str, FitReport] = {}
     grids = {}
     for name, c in configs.items():
-        grid = PriorGrid.from_config(c.priors)
+        grid = PriorSet.from_config(c.priors)
         b = (
             boxes
             if c.priors.image_size == boxes.image_size
@@ -346,9 +347,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
         grids[name] = grid
     source = _source(args.config, args, "val")
     first = next(iter(reports))
-    summary: dict[str, Any] = {"config": args.config, "boxes": source, **reports[first]}
+    summary: dict[str, Any] = {"config": args.config, "boxes": source, **reports[first].to_dict()}
     if len(reports) > 1:
-        summary["compare"] = {n: {"config": p, **reports[n]} for n, p in zip(list(reports)[1:], args.compare)}
+        summary["compare"] = {
+            n: {"config": p, **reports[n].to_dict()} for n, p in zip(list(reports)[1:], args.compare)
+        }
     table = fit_table_markdown(reports)
     if cfg.input.tiling.enabled:
         summary["tiling"] = {
@@ -384,16 +387,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
                 )
             )
         for name, rep in reports.items():
-            un = rep["unmatched"]
+            un = rep.unmatched
             print(
-                f"{name}: {un['count']} ground truths without a prior at IoU >= {thr:g}"
+                f"{name}: {un.count} ground truths without a prior at IoU >= {thr:g}"
                 + (
                     "; worst: "
                     + ", ".join(
-                        f"{u['class']} {u['w']:.0f}x{u['h']:.0f} ({u['iou_grid']:.2f})"
-                        for u in un["worst"][:8]
+                        f"{u.class_name} {u.w:.0f}x{u.h:.0f} ({u.iou_grid:.2f})" for u in un.worst[:8]
                     )
-                    if un["worst"]
+                    if un.worst
                     else ""
                 )
             )
@@ -408,9 +410,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def _level_cost_by_size(centroids: np.ndarray, cfg: Config) -> int:
     """Priors if each shape sits on the one level whose base scale is closest to its size (log
     sqrt area), every level keeping at least one shape."""
-    from ssd.priors.fit import PriorGrid
+    from ssd.priors.generator import PriorSet
 
-    grid = PriorGrid.from_config(cfg.priors)
+    grid = PriorSet.from_config(cfg.priors)
     level_scale = np.array([np.exp(np.mean([0.5 * np.log(w * h) for w, h in s])) for s in grid.shapes])
     scale = np.sqrt(centroids[:, 0] * centroids[:, 1])
     level = np.abs(np.log(scale)[:, None] - np.log(level_scale)[None, :]).argmin(axis=1)
@@ -524,9 +526,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
-    from ssd.priors.fit import PriorGrid, fit_report, fit_table_markdown
-    from ssd.priors.optimize import optimize_priors, write_priors_config
+    from ssd.priors.fit import fit_report, fit_table_markdown
+    from ssd.priors.generator import PriorSet
+    from ssd.priors.optimize import optimize_priors
     from ssd.priors.plots import plot_class_recall, plot_shape_density
+    from ssd.priors.writer import write_priors_config
 
     if args.config is None:
         raise UsageError("optimize needs --config BASE")
@@ -554,7 +558,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         **{k: v for k, v in optional.items() if v is not None},
     )
     source = _source(args.config, args, "train")
-    base_grid, new_grid = PriorGrid.from_config(cfg.priors), res.grid
+    base_grid, new_grid = PriorSet.from_config(cfg.priors), res.grid
     import shlex
 
     header = (
@@ -580,7 +584,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         "base_num_priors": base_grid.num_priors,
         "base_boxes_per_cell": base_grid.boxes_per_cell,
         "shapes": [[list(e) for e in level] for level in new_grid.entries(2)],
-        "fit_train": reports,
+        "fit_train": {n: r.to_dict() for n, r in reports.items()},
         "info": res.info,
     }
     if args.output_dir is not None:

@@ -35,7 +35,8 @@ from ssd.engine.evaluate import evaluate_model, predict_split, score
 from ssd.engine.train import train
 from ssd.modeling.build import build_model
 from ssd.modeling.ssd import SSD
-from ssd.priors.fit import BoxSet, PriorGrid, fit_report, records_to_boxes
+from ssd.priors.fit import BoxSet, fit_report, records_to_boxes
+from ssd.priors.generator import PriorSet
 from ssd.priors.optimize import optimize_priors
 from ssd.structures import Detections
 
@@ -315,7 +316,7 @@ def compare(
     for name in variants:
         kind, _ = parse_variant(name)
         cfg, fit_info = variant_config(name, base, train_boxes)
-        fit_before = fit_report(PriorGrid.from_config(cfg.priors), val_boxes, classes)
+        fit_before = fit_report(PriorSet.from_config(cfg.priors), val_boxes, classes).to_dict()
         log.info("variant %s: %d priors, seeds %s", name, fit_before["num_priors"], seed_list)
         runs = [
             run_seed(name, cfg, s, out, dev, chance=untrained and k == 0, progress=progress)
@@ -329,8 +330,8 @@ def compare(
             if counts is not None:
                 matches, _, _ = match_detections(gts, dets, classes, base.eval.iou_threshold)
                 boot[name].append(resampled_map(matches, counts, metric))
-        grid = PriorGrid.from_config(first.final_cfg.priors)
-        fit_after = fit_report(grid, val_boxes, classes) if kind == "learned" else fit_before
+        grid = PriorSet.from_config(first.final_cfg.priors)
+        fit_after = fit_report(grid, val_boxes, classes).to_dict() if kind == "learned" else fit_before
         entry: dict[str, Any] = {
             "map": float(np.mean(maps)),
             "map_sd": float(np.std(maps, ddof=1)) if len(maps) > 1 else None,

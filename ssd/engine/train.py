@@ -35,11 +35,11 @@ from ssd.config import Config, ConfigError, config_from_dict, config_to_dict, sa
 from ssd.data.loader import build_train_loader, checked
 from ssd.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ssd.engine.distributed import DistContext, setup_distributed
+from ssd.engine.prior_check import PriorCheck
 from ssd.engine.runtime import DeviceCaps, apply_cudnn_benchmark, resolve_train_runtime
-from ssd.losses import LossOutput, MultiBoxLoss
-from ssd.modeling.build import build_model
+from ssd.losses import LossOutput, MultiBoxLoss, PriorAids
+from ssd.modeling.build import build_model, export_learned_priors
 from ssd.modeling.ssd import SSD
-from ssd.priors.learnable import PriorAids, export_learned_priors
 from ssd.structures import Batch, Targets
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class TrainResult:
     # image id: how many times each was skipped in this process's run
     skipped_images: dict[str, int] = field(default_factory=dict)
     report: dict[str, Any] | None = None  # the final model's report (also report.md / results.json)
-    prior_check: dict[str, Any] | None = None  # the prior check at the start (also prior_check.json)
+    prior_check: PriorCheck | None = None  # the prior check at the start (also prior_check.json)
     config: Config | None = None  # the config trained with (auto_priors: with the fitted priors)
 
 
@@ -276,7 +276,7 @@ def _train(
 ) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     dev = ctx.device
-    prior_check: dict[str, Any] | None = None
+    prior_check: PriorCheck | None = None
     if resume and cfg.train.auto_priors is not None:
         cfg = _resumed_auto_priors(cfg, out / "last.pt" if resume is True else Path(resume))
     elif not resume and (cfg.train.prior_check or cfg.train.auto_priors is not None):
@@ -656,14 +656,15 @@ def _plot_learned_shapes(initial: Config, learned: Config, path: Path) -> Path:
     """The initial and the learned prior shapes over the log w - log h density of the training
     boxes (input pixels): where gradient descent moved the priors (Zhong et al., Fig. 1 style)."""
     from ssd.data.loader import build_records
-    from ssd.priors.fit import PriorGrid, records_to_boxes
+    from ssd.priors.fit import records_to_boxes
+    from ssd.priors.generator import PriorSet
     from ssd.priors.plots import plot_shape_density
 
     size = initial.priors.image_size
     boxes = records_to_boxes(build_records(initial, "train"), size)
     shapes = {
-        "initial": PriorGrid.from_config(initial.priors).shapes,
-        "learned": PriorGrid.from_config(learned.priors).shapes,
+        "initial": PriorSet.from_config(initial.priors).shapes,
+        "learned": PriorSet.from_config(learned.priors).shapes,
     }
     return plot_shape_density(
         boxes.wh_px, shapes, path, image_size=size, title="prior shapes before and after learning"

@@ -1,28 +1,27 @@
-"""Config -> model."""
+"""Config -> model, and a model's learned prior shapes -> config."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from ssd.config import Config, ConfigError
+from ssd.config import Config, ConfigError, config_to_dict, load_config
 from ssd.modeling.head import SSDHead
+from ssd.modeling.priors import PriorBoxes
 from ssd.modeling.ssd import SSD
 from ssd.modeling.vgg import VGG16Backbone, feature_map_sizes
-from ssd.priors.generator import flat_shapes, layout_from_config, shapes_per_level
-from ssd.priors.learnable import PriorBoxes
+from ssd.priors.generator import PriorSet
+from ssd.priors.writer import write_priors_config
 
 log = logging.getLogger(__name__)
 
 
 def build_prior_boxes(cfg: Config) -> PriorBoxes:
-    p = cfg.priors
-    levels = shapes_per_level(p)
-    return PriorBoxes(
-        layout_from_config(p), flat_shapes(levels, p.image_size), clip=p.clip, learnable=p.learnable
-    )
+    return PriorBoxes.from_prior_set(PriorSet.from_config(cfg.priors), learnable=cfg.priors.learnable)
 
 
 def uses_wh_batchnorm(cfg: Config) -> bool:
@@ -68,3 +67,26 @@ def build_model(cfg: Config) -> SSD:
         wh_batchnorm=uses_wh_batchnorm(cfg),
     )
     return SSD(backbone, head, priors)
+
+
+def export_learned_priors(model: nn.Module, cfg: Config, path: str | Path) -> Config:
+    """Freeze the model's current prior shapes and write them as a shape-form config at `path`.
+
+    The written config (`ssd.priors.writer.write_priors_config`, shapes written exactly) is `cfg`
+    with `priors.learnable: false`, the learned `priors.shapes` (with their fixed sub-cell
+    offsets, if any) and an explicit `model.wh_batchnorm`, so it builds the same network with
+    ordinary fixed priors. The model's shapes are re-derived from the written numbers, so
+    `generate_priors(exported.priors)` equals `model.priors()` exactly.
+    """
+    priors = model.priors
+    assert isinstance(priors, PriorBoxes)
+    shapes = tuple(tuple(level) for level in priors.level_entries_px())
+    learned = dataclasses.replace(cfg.priors, shapes=shapes, learnable=False)
+    updates = {"priors": {"learnable": False}, "model": {"wh_batchnorm": uses_wh_batchnorm(cfg)}}
+    write_priors_config(config_to_dict(cfg), learned, path, updates=updates, ndigits=None)
+    exported = load_config(path)  # exactly what a user will get from the file
+    priors.freeze()
+    fresh = build_prior_boxes(exported).to(priors.log_wh.device)
+    with torch.no_grad():
+        priors.log_wh.copy_(fresh.log_wh)
+    return exported

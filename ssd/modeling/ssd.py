@@ -5,8 +5,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ssd.modeling.head import SSDHead
+from ssd.modeling.priors import PriorBoxes
 from ssd.modeling.vgg import VGG16Backbone
-from ssd.priors.learnable import PriorBoxes
 from ssd.structures import HeadOutputs
 
 

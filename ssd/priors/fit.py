@@ -29,9 +29,10 @@ what new images of the same shapes can expect, free of the luck of the particula
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,22 +42,10 @@ from torch import Tensor
 from torchvision.ops import box_iou
 
 from ssd.boxes import cxcywh_to_xyxy, pixels_to_relative, shape_iou
-from ssd.config import PriorsConfig
 from ssd.data.records import Record
-from ssd.priors.generator import (
-    PriorLayout,
-    assemble_priors,
-    flat_shapes,
-    offsets_per_level,
-    prior_layout,
-    shape_entry,
-    shapes_per_level,
-)
+from ssd.priors.generator import Offset, PriorLayout, PriorSet, Shape
 
 log = logging.getLogger(__name__)
-
-Shape = tuple[float, float]
-Offset = tuple[float, float]
 
 # Size buckets by sqrt(area) in input pixels (COCO's 32 / 96 split), plus elongated boxes.
 SIZE_BUCKETS: tuple[tuple[str, float, float], ...] = (
@@ -152,115 +141,6 @@ def records_to_input_boxes(
     """Per image [G_i, 4] xyxy relative to the warped input (the positioned version)."""
     bs = records_to_boxes(records, image_size, include_difficult=include_difficult)
     return [bs.boxes[bs.image_index == i] for i in range(len(records))]
-
-
-# --------------------------------------------------------------------------- prior grid
-
-
-@dataclass(frozen=True)
-class PriorGrid:
-    """A prior set as levels of lattices: per level the shapes [w, h] in input pixels, the
-    feature map size f (f x f cells) and the step (pixels between cell centres); `offsets`
-    (parallel to `shapes`) each shape's sub-cell centre offset (dx, dy) in units of the step,
-    empty = all (0, 0) (normalised to explicit zeros)."""
-
-    shapes: tuple[tuple[Shape, ...], ...]
-    feature_maps: tuple[int, ...]
-    steps: tuple[float, ...]
-    image_size: int
-    clip: bool = False
-    offsets: tuple[tuple[Offset, ...], ...] = ()
-
-    def __post_init__(self) -> None:
-        n = len(self.feature_maps)
-        if len(self.shapes) != n or len(self.steps) != n:
-            raise ValueError(
-                f"prior grid: {len(self.shapes)} shape levels, {n} feature maps, {len(self.steps)} steps"
-            )
-        if not self.offsets:
-            object.__setattr__(self, "offsets", tuple(((0.0, 0.0),) * len(lv) for lv in self.shapes))
-        if [len(o) for o in self.offsets] != [len(lv) for lv in self.shapes]:
-            raise ValueError("prior grid: offsets must parallel the shapes (one (dx, dy) per shape)")
-        if any(not -0.5 < d < 0.5 for lv in self.offsets for o in lv for d in o):
-            raise ValueError("prior grid: offsets (units of the step) must be in (-0.5, 0.5)")
-
-    @classmethod
-    def from_config(cls, cfg: PriorsConfig) -> PriorGrid:
-        levels = shapes_per_level(cfg)
-        return cls(
-            shapes=tuple(tuple((float(w), float(h)) for w, h in level) for level in levels),
-            feature_maps=tuple(int(f) for f in cfg.feature_maps),
-            steps=tuple(float(s) for s in cfg.steps),
-            image_size=int(cfg.image_size),
-            clip=bool(cfg.clip),
-            offsets=tuple(tuple(level) for level in offsets_per_level(cfg)),
-        )
-
-    @classmethod
-    def from_layout(cls, layout: PriorLayout, shapes_wh: Tensor, clip: bool = False) -> PriorGrid:
-        """From a `PriorLayout` and its flat shapes [S, 2] (relative w, h), e.g. learned ones;
-        the sub-cell offsets come from the layout."""
-        wh = (shapes_wh.detach().cpu().double() * layout.image_size).tolist()
-        off = layout.shape_offsets.double().tolist()
-        levels, offsets, start = [], [], 0
-        for n in layout.num_shapes:
-            levels.append(tuple((float(w), float(h)) for w, h in wh[start : start + n]))
-            offsets.append(tuple((float(dx), float(dy)) for dx, dy in off[start : start + n]))
-            start += n
-        return cls(tuple(levels), layout.feature_maps, layout.steps, layout.image_size, clip, tuple(offsets))
-
-    @property
-    def num_levels(self) -> int:
-        return len(self.feature_maps)
-
-    @property
-    def num_priors(self) -> int:
-        return sum(f * f * len(s) for f, s in zip(self.feature_maps, self.shapes))
-
-    @property
-    def boxes_per_cell(self) -> int:
-        """Sum over levels of the shapes per cell (SSD's "default boxes per location", summed)."""
-        return sum(len(s) for s in self.shapes)
-
-    @property
-    def has_offsets(self) -> bool:
-        return any(d != 0.0 for lv in self.offsets for o in lv for d in o)
-
-    def entries(self, ndigits: int | None = None) -> list[list[tuple[float, ...]]]:
-        """Per level the shape-form entries: (w, h), or (w, h, dx, dy) for an offset shape;
-        w and h rounded to `ndigits` when given."""
-        out = []
-        for shapes, offsets in zip(self.shapes, self.offsets):
-            level = []
-            for (w, h), off in zip(shapes, offsets):
-                wh = (w, h) if ndigits is None else (round(w, ndigits), round(h, ndigits))
-                level.append(shape_entry(wh, off))
-            out.append(level)
-        return out
-
-    def layout(self) -> PriorLayout:
-        return prior_layout(
-            self.feature_maps, self.steps, [len(s) for s in self.shapes], self.image_size, self.offsets
-        )
-
-    def priors(self) -> Tensor:
-        """[P, 4] cxcywh relative, in generator order (as `ssd.generate_priors`)."""
-        levels = [list(s) for s in self.shapes]
-        return assemble_priors(self.layout(), flat_shapes(levels, self.image_size), clip=self.clip)
-
-    def distinct_shapes(self) -> np.ndarray:
-        """[U, 2] distinct (w, h) over all levels, input pixels."""
-        flat = np.array([wh for level in self.shapes for wh in level], dtype=np.float64).reshape(-1, 2)
-        return np.unique(flat, axis=0)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "image_size": self.image_size,
-            "feature_maps": list(self.feature_maps),
-            "steps": list(self.steps),
-            "shapes": [[list(e) for e in level] for level in self.entries(3)],
-            "clip": self.clip,
-        }
 
 
 # --------------------------------------------------------------------------- lattice IoU
@@ -418,7 +298,7 @@ def position_shifts(n: int, amplitude: float) -> np.ndarray:
 
 
 def grid_stats(
-    grid: PriorGrid,
+    grid: PriorSet,
     boxes: BoxSet | np.ndarray,
     threshold: float,
     *,
@@ -505,7 +385,7 @@ def best_shape_iou(wh_px: np.ndarray, shapes_px: np.ndarray, *, chunk: int = 655
 
 
 def compute_stats(
-    grid: PriorGrid,
+    grid: PriorSet,
     boxes: BoxSet,
     threshold: float,
     *,
@@ -543,35 +423,180 @@ def compute_stats(
 # --------------------------------------------------------------------------- the report
 
 
-def _summary(stats: GridStats, sel: np.ndarray, threshold: float) -> dict[str, Any]:
+@dataclass(frozen=True)
+class FitSummary:
+    """The fit figures of one group of ground truth (all, a class, a size bucket); None where the
+    group is empty (or, for the position-averaged figures, where they were not computed)."""
+
+    num_gt: int
+    mean_iou_shape: float | None = None
+    mean_iou_grid: float | None = None
+    recall: float | None = None
+    recall_shape: float | None = None
+    positives_per_gt: float | None = None
+    recall_expected: float | None = None
+    mean_iou_grid_expected: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class LevelFit:
+    """One level of the prior set in a fit report: its lattice, its shapes (shape-form entries,
+    w and h rounded to 0.01 px) and how many ground truths have their best prior there."""
+
+    level: int
+    feature_map: int
+    step: float
+    num_shapes: int
+    num_priors: int
+    shapes: tuple[tuple[float, ...], ...]
+    best_for_gt: int
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["shapes"] = [list(e) for e in self.shapes]
+        return d
+
+
+@dataclass(frozen=True)
+class UnmatchedBox:
+    """A ground truth without a prior at grid IoU >= the threshold (input pixels)."""
+
+    image_id: str
+    class_name: str
+    w: float
+    h: float
+    cx: float
+    cy: float
+    iou_grid: float
+    iou_shape: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "image_id": self.image_id,
+            "class": self.class_name,
+            "w": self.w,
+            "h": self.h,
+            "cx": self.cx,
+            "cy": self.cy,
+            "iou_grid": self.iou_grid,
+            "iou_shape": self.iou_shape,
+        }
+
+
+@dataclass(frozen=True)
+class Unmatched:
+    """The ground truth without a prior at grid IoU >= the threshold: `count`, per class, and
+    the worst ones (lowest best grid IoU first)."""
+
+    count: int
+    per_class: dict[str, int]
+    worst: tuple[UnmatchedBox, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        worst = [b.to_dict() for b in self.worst]
+        return {"count": self.count, "per_class": dict(self.per_class), "worst": worst}
+
+
+@dataclass(frozen=True)
+class FitReport:
+    """The fit of a prior set to ground truth (`fit_report`); `to_dict()` is the JSON form.
+
+    `num_priors`, `boxes_per_cell`, `num_gt`, `num_images`, `image_size`, `iou_threshold`; the
+    overall figures (`mean_iou_shape` co-centred, best over the distinct shapes; `mean_iou_grid`
+    best over the positioned priors, as the matcher sees them; `recall` share of ground truth
+    with a prior at grid IoU >= threshold; `recall_shape`; `positives_per_gt` priors at IoU >=
+    threshold, at least 1 because of the matcher's forcing step; the position-averaged
+    `recall_expected` and `mean_iou_grid_expected`, None without shifts); `per_class` and
+    `per_size` (the same figures per class name and per size bucket); `per_level`; `unmatched`;
+    `grid` (the prior set measured); `shifts` and `shift_amplitude_px` (the position averaging).
+    """
+
+    num_priors: int
+    boxes_per_cell: int
+    num_gt: int
+    num_images: int
+    image_size: int
+    iou_threshold: float
+    shifts: int
+    shift_amplitude_px: float
+    overall: FitSummary
+    per_class: dict[str, FitSummary]
+    per_size: dict[str, FitSummary]
+    per_level: tuple[LevelFit, ...]
+    unmatched: Unmatched
+    grid: PriorSet
+
+    @property
+    def mean_iou_shape(self) -> float | None:
+        return self.overall.mean_iou_shape
+
+    @property
+    def mean_iou_grid(self) -> float | None:
+        return self.overall.mean_iou_grid
+
+    @property
+    def recall(self) -> float | None:
+        return self.overall.recall
+
+    @property
+    def recall_shape(self) -> float | None:
+        return self.overall.recall_shape
+
+    @property
+    def positives_per_gt(self) -> float | None:
+        return self.overall.positives_per_gt
+
+    @property
+    def recall_expected(self) -> float | None:
+        return self.overall.recall_expected
+
+    @property
+    def mean_iou_grid_expected(self) -> float | None:
+        return self.overall.mean_iou_grid_expected
+
+    def to_dict(self) -> dict[str, Any]:
+        overall = self.overall.to_dict()
+        overall.pop("num_gt")
+        return {
+            "num_priors": self.num_priors,
+            "boxes_per_cell": self.boxes_per_cell,
+            "num_gt": self.num_gt,
+            "num_images": self.num_images,
+            "image_size": self.image_size,
+            "iou_threshold": self.iou_threshold,
+            "position_shifts": {"n": self.shifts, "amplitude_px": self.shift_amplitude_px},
+            **overall,
+            "per_class": {k: v.to_dict() for k, v in self.per_class.items()},
+            "per_size": {k: v.to_dict() for k, v in self.per_size.items()},
+            "per_level": [lv.to_dict() for lv in self.per_level],
+            "unmatched": self.unmatched.to_dict(),
+            "grid": self.grid.to_dict(),
+        }
+
+
+def _summary(stats: GridStats, sel: np.ndarray, threshold: float) -> FitSummary:
     n = int(sel.sum()) if sel.dtype == bool else int(sel.size)
     if n == 0:
-        return {
-            "num_gt": 0,
-            "mean_iou_shape": None,
-            "mean_iou_grid": None,
-            "recall": None,
-            "recall_shape": None,
-            "positives_per_gt": None,
-            "recall_expected": None,
-            "mean_iou_grid_expected": None,
-        }
+        return FitSummary(num_gt=0)
     hit, iou = stats.hit_expected, stats.iou_expected
-    return {
-        "num_gt": n,
-        "mean_iou_shape": float(stats.shape_iou[sel].mean()),
-        "mean_iou_grid": float(stats.best_iou[sel].mean()),
-        "recall": float((stats.best_iou[sel] >= threshold).mean()),
-        "recall_shape": float((stats.shape_iou[sel] >= threshold).mean()),
+    return FitSummary(
+        num_gt=n,
+        mean_iou_shape=float(stats.shape_iou[sel].mean()),
+        mean_iou_grid=float(stats.best_iou[sel].mean()),
+        recall=float((stats.best_iou[sel] >= threshold).mean()),
+        recall_shape=float((stats.shape_iou[sel] >= threshold).mean()),
         # the matcher forces every ground truth onto its best prior: at least one positive
-        "positives_per_gt": float(np.maximum(stats.num_above[sel], 1).mean()),
-        "recall_expected": None if hit is None else float(hit[sel].mean()),
-        "mean_iou_grid_expected": None if iou is None else float(iou[sel].mean()),
-    }
+        positives_per_gt=float(np.maximum(stats.num_above[sel], 1).mean()),
+        recall_expected=None if hit is None else float(hit[sel].mean()),
+        mean_iou_grid_expected=None if iou is None else float(iou[sel].mean()),
+    )
 
 
 def fit_report(
-    grid: PriorGrid,
+    grid: PriorSet,
     boxes: BoxSet,
     class_names: Sequence[str],
     *,
@@ -579,39 +604,18 @@ def fit_report(
     priors: Tensor | None = None,
     max_unmatched: int = 50,
     shifts: int = POSITION_SHIFTS,
-) -> dict[str, Any]:
-    """The fit of a prior set to ground truth, JSON-ready.
+) -> FitReport:
+    """The fit of a prior set to ground truth (see `FitReport` for the figures).
 
-    Keys: `num_priors`, `boxes_per_cell`, `num_gt`, `num_images`, `iou_threshold`,
-    `mean_iou_shape` (co-centred, best over the distinct shapes), `mean_iou_grid` (best over the
-    positioned priors, as the matcher sees them), `recall` (share of ground truth with a prior at
-    grid IoU >= threshold), `recall_shape`, `positives_per_gt` (priors at IoU >= threshold, at
-    least 1 because of the matcher's forcing step), `per_class` and `per_size` (the same figures
-    per class name and per size bucket: sqrt area in input pixels small < 32 <= medium < 96 <=
-    large, plus `band` = aspect > 5), `per_level` (shapes and how many ground truths have their
-    best prior there), `unmatched` (count, per class, and the worst `max_unmatched` listed by
-    input-pixel shape), `grid` (the prior layout), `position_shifts`. `class_names` map labels
-    1..C-1. `recall_expected` and `mean_iou_grid_expected` (overall, per class and size) are
-    the position-averaged figures over `shifts` x `shifts` moves of every box (see the module
-    docstring; None with `shifts=0`).
+    Size buckets are by sqrt area in input pixels: small < 32 <= medium < 96 <= large, plus
+    `band` = aspect > 5. `per_level` gives the shapes and how many ground truths have their best
+    prior there; `unmatched` the count, per class, and the worst `max_unmatched` listed by
+    input-pixel shape. `class_names` map labels 1..C-1. The position-averaged figures are over
+    `shifts` x `shifts` moves of every box (see the module docstring; None with `shifts=0`).
+    `priors` (cxcywh relative, generator order) replaces the grid's own priors.
     """
     stats = compute_stats(grid, boxes, iou_threshold, priors=priors, shifts=shifts)
     everything = np.ones(boxes.num_boxes, bool)
-    report: dict[str, Any] = {
-        "num_priors": grid.num_priors if priors is None else int(priors.shape[0]),
-        "boxes_per_cell": grid.boxes_per_cell,
-        "num_gt": boxes.num_boxes,
-        "num_images": len(boxes.image_ids),
-        "image_size": grid.image_size,
-        "iou_threshold": iou_threshold,
-        "position_shifts": {"n": int(shifts), "amplitude_px": default_shift_amplitude(grid.steps)},
-    }
-    overall = _summary(stats, everything, iou_threshold)
-    overall.pop("num_gt")
-    report.update(overall)
-    report["per_class"] = {
-        name: _summary(stats, boxes.labels == i + 1, iou_threshold) for i, name in enumerate(class_names)
-    }
     wh = boxes.wh_px
     scale = np.sqrt(wh[:, 0] * wh[:, 1])
     aspect = np.maximum(wh[:, 0] / wh[:, 1], wh[:, 1] / wh[:, 0]) if boxes.num_boxes else np.zeros(0)
@@ -619,42 +623,57 @@ def fit_report(
         name: _summary(stats, (scale >= lo) & (scale < hi), iou_threshold) for name, lo, hi in SIZE_BUCKETS
     }
     per_size[f"band (aspect > {BAND_ASPECT:g})"] = _summary(stats, aspect > BAND_ASPECT, iou_threshold)
-    report["per_size"] = per_size
-    report["per_level"] = [
-        {
-            "level": level,
-            "feature_map": f,
-            "step": step,
-            "num_shapes": len(shapes),
-            "num_priors": f * f * len(shapes),
-            "shapes": [list(e) for e in entries],
-            "best_for_gt": int((stats.best_level == level).sum()),
-        }
+    per_level = tuple(
+        LevelFit(
+            level=level,
+            feature_map=f,
+            step=step,
+            num_shapes=len(shapes),
+            num_priors=f * f * len(shapes),
+            shapes=tuple(tuple(e) for e in entries),
+            best_for_gt=int((stats.best_level == level).sum()),
+        )
         for level, (shapes, entries, f, step) in enumerate(
             zip(grid.shapes, grid.entries(2), grid.feature_maps, grid.steps)
         )
-    ]
+    )
     miss = np.flatnonzero(stats.best_iou < iou_threshold)
     worst = miss[np.argsort(stats.best_iou[miss], kind="stable")][:max_unmatched]
-    report["unmatched"] = {
-        "count": int(miss.size),
-        "per_class": {name: int((boxes.labels[miss] == i + 1).sum()) for i, name in enumerate(class_names)},
-        "worst": [
-            {
-                "image_id": boxes.image_ids[int(boxes.image_index[i])],
-                "class": _class_name(class_names, int(boxes.labels[i])),
-                "w": round(float(wh[i, 0]), 2),
-                "h": round(float(wh[i, 1]), 2),
-                "cx": round(float((boxes.boxes[i, 0] + boxes.boxes[i, 2]) / 2 * boxes.image_size), 2),
-                "cy": round(float((boxes.boxes[i, 1] + boxes.boxes[i, 3]) / 2 * boxes.image_size), 2),
-                "iou_grid": round(float(stats.best_iou[i]), 4),
-                "iou_shape": round(float(stats.shape_iou[i]), 4),
-            }
+    unmatched = Unmatched(
+        count=int(miss.size),
+        per_class={name: int((boxes.labels[miss] == i + 1).sum()) for i, name in enumerate(class_names)},
+        worst=tuple(
+            UnmatchedBox(
+                image_id=boxes.image_ids[int(boxes.image_index[i])],
+                class_name=_class_name(class_names, int(boxes.labels[i])),
+                w=round(float(wh[i, 0]), 2),
+                h=round(float(wh[i, 1]), 2),
+                cx=round(float((boxes.boxes[i, 0] + boxes.boxes[i, 2]) / 2 * boxes.image_size), 2),
+                cy=round(float((boxes.boxes[i, 1] + boxes.boxes[i, 3]) / 2 * boxes.image_size), 2),
+                iou_grid=round(float(stats.best_iou[i]), 4),
+                iou_shape=round(float(stats.shape_iou[i]), 4),
+            )
             for i in worst
-        ],
-    }
-    report["grid"] = grid.to_dict()
-    return report
+        ),
+    )
+    return FitReport(
+        num_priors=grid.num_priors if priors is None else int(priors.shape[0]),
+        boxes_per_cell=grid.boxes_per_cell,
+        num_gt=boxes.num_boxes,
+        num_images=len(boxes.image_ids),
+        image_size=grid.image_size,
+        iou_threshold=iou_threshold,
+        shifts=int(shifts),
+        shift_amplitude_px=default_shift_amplitude(grid.steps),
+        overall=_summary(stats, everything, iou_threshold),
+        per_class={
+            name: _summary(stats, boxes.labels == i + 1, iou_threshold) for i, name in enumerate(class_names)
+        },
+        per_size=per_size,
+        per_level=per_level,
+        unmatched=unmatched,
+        grid=grid,
+    )
 
 
 def _class_name(names: Sequence[str], label: int) -> str:
@@ -669,12 +688,12 @@ def _fmt(v: Any, pct: bool = False) -> str:
     return str(v)
 
 
-def fit_table_markdown(reports: dict[str, dict[str, Any]]) -> str:
-    """Side-by-side Markdown tables of several fit reports (name -> `fit_report` dict): the
-    overall figures, then recall@threshold per class and per size bucket."""
+def fit_table_markdown(reports: Mapping[str, FitReport]) -> str:
+    """Side-by-side Markdown tables of several fit reports (name -> `fit_report`): the overall
+    figures, then recall@threshold per class and per size bucket."""
     names = list(reports)
     first = reports[names[0]]
-    t = first["iou_threshold"]
+    t = first.iou_threshold
     lines = [
         "| priors | " + " | ".join(names) + " |",
         "|---|" + "---:|" * len(names),
@@ -691,17 +710,14 @@ def fit_table_markdown(reports: dict[str, dict[str, Any]]) -> str:
         ("positives per GT", "positives_per_gt", False),
     ]
     for label, key, pct in rows:
-        lines.append(f"| {label} | " + " | ".join(_fmt(reports[n].get(key), pct) for n in names) + " |")
+        lines.append(f"| {label} | " + " | ".join(_fmt(getattr(reports[n], key), pct) for n in names) + " |")
     lines += ["", f"Grid recall@{t:g} (%) per class and size bucket (ground truth count in brackets):", ""]
     lines.append("| group | GT | " + " | ".join(names) + " |")
     lines.append("|---|---:|" + "---:|" * len(names))
     for section in ("per_class", "per_size"):
-        for group, s in first[section].items():
-            vals = " | ".join(_fmt(reports[n][section][group]["recall"], True) for n in names)
-            lines.append(f"| {group} | {s['num_gt']} | {vals} |")
+        groups: dict[str, FitSummary] = getattr(first, section)
+        for group, s in groups.items():
+            vals = " | ".join(_fmt(getattr(reports[n], section)[group].recall, True) for n in names)
+            lines.append(f"| {group} | {s.num_gt} | {vals} |")
     return "\n".join(lines) + "\n"
 
-
-def level_costs(feature_maps: Sequence[int]) -> list[int]:
-    """Priors one shape costs on each level: f^2."""
-    return [int(f) * int(f) for f in feature_maps]

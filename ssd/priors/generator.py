@@ -8,6 +8,11 @@ step, in (-0.5, 0.5)) move that shape's prior in every cell to ((j + 0.5 + dx) s
 (i + 0.5 + dy) step). Internally the shapes (w, h) and the per-shape offsets (dx, dy) travel as
 two parallel per-level lists (`shapes_per_level`, `offsets_per_level`), so code that only needs
 the shapes is unaffected by offsets.
+
+`PriorSet` is the one resolved form of a prior set (what a `PriorsConfig` describes, what the
+model's prior module holds, what the fit report and the optimizer measure): per-level shapes and
+offsets in input pixels on their lattices. `PriorLayout` is the tensor index of where its priors
+sit (`PriorSet.layout()`).
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -165,8 +172,7 @@ def flat_shapes(levels: Sequence[Sequence[Shape]], image_size: int) -> Tensor:
 
 
 def layout_from_config(cfg: PriorsConfig) -> PriorLayout:
-    offsets = offsets_per_level(cfg)
-    return prior_layout(cfg.feature_maps, cfg.steps, [len(o) for o in offsets], cfg.image_size, offsets)
+    return PriorSet.from_config(cfg).layout()
 
 
 def generate_priors(cfg: PriorsConfig) -> Tensor:
@@ -175,7 +181,115 @@ def generate_priors(cfg: PriorsConfig) -> Tensor:
     Shapes go through log/exp exactly as in the model's `PriorBoxes` (which stores log w/h), so
     this equals `build_model(cfg).priors()` bit for bit.
     """
-    levels = shapes_per_level(cfg)
-    layout = layout_from_config(cfg)
-    wh = flat_shapes(levels, cfg.image_size).log().exp()
-    return assemble_priors(layout, wh, clip=cfg.clip)
+    prior_set = PriorSet.from_config(cfg)
+    wh = prior_set.flat_shapes().log().exp()
+    return assemble_priors(prior_set.layout(), wh, clip=prior_set.clip)
+
+
+@dataclass(frozen=True)
+class PriorSet:
+    """The resolved prior set, as levels of lattices: per level the shapes [w, h] in input pixels, the
+    feature map size f (f x f cells) and the step (pixels between cell centres); `offsets`
+    (parallel to `shapes`) each shape's sub-cell centre offset (dx, dy) in units of the step,
+    empty = all (0, 0) (normalised to explicit zeros)."""
+
+    shapes: tuple[tuple[Shape, ...], ...]
+    feature_maps: tuple[int, ...]
+    steps: tuple[float, ...]
+    image_size: int
+    clip: bool = False
+    offsets: tuple[tuple[Offset, ...], ...] = ()
+
+    def __post_init__(self) -> None:
+        n = len(self.feature_maps)
+        if len(self.shapes) != n or len(self.steps) != n:
+            raise ValueError(
+                f"prior grid: {len(self.shapes)} shape levels, {n} feature maps, {len(self.steps)} steps"
+            )
+        if not self.offsets:
+            object.__setattr__(self, "offsets", tuple(((0.0, 0.0),) * len(lv) for lv in self.shapes))
+        if [len(o) for o in self.offsets] != [len(lv) for lv in self.shapes]:
+            raise ValueError("prior grid: offsets must parallel the shapes (one (dx, dy) per shape)")
+        if any(not -0.5 < d < 0.5 for lv in self.offsets for o in lv for d in o):
+            raise ValueError("prior grid: offsets (units of the step) must be in (-0.5, 0.5)")
+
+    @classmethod
+    def from_config(cls, cfg: PriorsConfig) -> PriorSet:
+        levels = shapes_per_level(cfg)
+        return cls(
+            shapes=tuple(tuple((float(w), float(h)) for w, h in level) for level in levels),
+            feature_maps=tuple(int(f) for f in cfg.feature_maps),
+            steps=tuple(float(s) for s in cfg.steps),
+            image_size=int(cfg.image_size),
+            clip=bool(cfg.clip),
+            offsets=tuple(tuple(level) for level in offsets_per_level(cfg)),
+        )
+
+    @classmethod
+    def from_layout(cls, layout: PriorLayout, shapes_wh: Tensor, clip: bool = False) -> PriorSet:
+        """From a `PriorLayout` and its flat shapes [S, 2] (relative w, h), e.g. learned ones;
+        the sub-cell offsets come from the layout."""
+        wh = (shapes_wh.detach().cpu().double() * layout.image_size).tolist()
+        off = layout.shape_offsets.double().tolist()
+        levels, offsets, start = [], [], 0
+        for n in layout.num_shapes:
+            levels.append(tuple((float(w), float(h)) for w, h in wh[start : start + n]))
+            offsets.append(tuple((float(dx), float(dy)) for dx, dy in off[start : start + n]))
+            start += n
+        return cls(tuple(levels), layout.feature_maps, layout.steps, layout.image_size, clip, tuple(offsets))
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.feature_maps)
+
+    @property
+    def num_priors(self) -> int:
+        return sum(f * f * len(s) for f, s in zip(self.feature_maps, self.shapes))
+
+    @property
+    def boxes_per_cell(self) -> int:
+        """Sum over levels of the shapes per cell (SSD's "default boxes per location", summed)."""
+        return sum(len(s) for s in self.shapes)
+
+    @property
+    def has_offsets(self) -> bool:
+        return any(d != 0.0 for lv in self.offsets for o in lv for d in o)
+
+    def entries(self, ndigits: int | None = None) -> list[list[tuple[float, ...]]]:
+        """Per level the shape-form entries: (w, h), or (w, h, dx, dy) for an offset shape;
+        w and h rounded to `ndigits` when given."""
+        out = []
+        for shapes, offsets in zip(self.shapes, self.offsets):
+            level = []
+            for (w, h), off in zip(shapes, offsets):
+                wh = (w, h) if ndigits is None else (round(w, ndigits), round(h, ndigits))
+                level.append(shape_entry(wh, off))
+            out.append(level)
+        return out
+
+    def layout(self) -> PriorLayout:
+        return prior_layout(
+            self.feature_maps, self.steps, [len(s) for s in self.shapes], self.image_size, self.offsets
+        )
+
+    def flat_shapes(self) -> Tensor:
+        """[S, 2] float32 relative (w, h) of all shapes, level 0 first."""
+        return flat_shapes(self.shapes, self.image_size)
+
+    def priors(self) -> Tensor:
+        """[P, 4] cxcywh relative, in generator order (as `ssd.generate_priors`)."""
+        return assemble_priors(self.layout(), self.flat_shapes(), clip=self.clip)
+
+    def distinct_shapes(self) -> np.ndarray:
+        """[U, 2] distinct (w, h) over all levels, input pixels."""
+        flat = np.array([wh for level in self.shapes for wh in level], dtype=np.float64).reshape(-1, 2)
+        return np.unique(flat, axis=0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "image_size": self.image_size,
+            "feature_maps": list(self.feature_maps),
+            "steps": list(self.steps),
+            "shapes": [[list(e) for e in level] for level in self.entries(3)],
+            "clip": self.clip,
+        }

@@ -29,7 +29,7 @@ import logging
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import numpy as np
@@ -50,7 +50,8 @@ class KMeansResult:
     `centroids` of each input box (for "iou" and "ratio-scale": the best shape-IoU centroid; for
     "euclidean": the nearest centroid); `mean_iou` the mean over boxes of the best shape IoU
     against the centroids; `restart_scores` the objective of every restart in order (mean IoU for
-    "iou", negative inertia for the others); `iterations` of the kept restart.
+    "iou", negative inertia for the others); `iterations` of the kept restart; `ratios` and
+    `scales` the 1-D centres of "ratio-scale" (None for the other metrics).
     """
 
     centroids: np.ndarray
@@ -60,7 +61,8 @@ class KMeansResult:
     update: str
     iterations: int
     restart_scores: tuple[float, ...]
-    extra: dict[str, Any] = field(default_factory=dict)
+    ratios: tuple[float, ...] | None = None
+    scales: tuple[float, ...] | None = None
 
     @property
     def k(self) -> int:
@@ -72,6 +74,11 @@ class KMeansResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (centroids as [w, h] lists, counts, mean IoU)."""
+        factors: dict[str, Any] = {}
+        if self.ratios is not None:
+            factors["ratios"] = list(self.ratios)
+        if self.scales is not None:
+            factors["scales"] = list(self.scales)
         return {
             "metric": self.metric,
             "update": self.update,
@@ -81,7 +88,7 @@ class KMeansResult:
             "counts": [int(c) for c in self.counts()],
             "iterations": self.iterations,
             "restart_scores": list(self.restart_scores),
-            **self.extra,
+            **factors,
         }
 
 
@@ -631,10 +638,8 @@ def ratio_scale_kmeans(
         update="mean",
         iterations=0,
         restart_scores=(),
-        extra={
-            "ratios": [float(x) for x in np.exp(r)],
-            "scales": [float(x) for x in np.exp(s)],
-        },
+        ratios=tuple(float(x) for x in np.exp(r)),
+        scales=tuple(float(x) for x in np.exp(s)),
     )
 
 

@@ -19,8 +19,9 @@ Three methods, all deterministic for a seed, each with its own public function:
   the only way a box a few pixels across reaches IoU 0.5 wherever it sits, and the cheap way to
   give thin full-width bands fine rows (1 x 64 on the 1 x 1 level: 64 priors).
 
-`optimize_priors` dispatches on the method and returns a `PriorsConfig`; `write_priors_config`
-writes a YAML that is the base config plus the new `priors:` section.
+`optimize_priors` dispatches on the method and returns a `PriorsConfig`;
+`ssd.priors.writer.write_priors_config` writes a YAML that is the base config plus the new
+`priors:` section.
 """
 
 from __future__ import annotations
@@ -28,24 +29,20 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final, Literal
 
 import numpy as np
-import yaml
 
-from ssd.config import ConfigError, PriorsConfig, load_config, parse_overrides
-from ssd.priors.fit import BoxSet, PriorGrid, default_shift_amplitude, lattice_best_iou_xy, translate_inside
-from ssd.priors.generator import shape_entry, split_entry
+from ssd.config import PriorsConfig
+from ssd.priors.fit import BoxSet, default_shift_amplitude, lattice_best_iou_xy, translate_inside
+from ssd.priors.generator import Offset, PriorSet, Shape, shape_entry
 from ssd.priors.kmeans import iou_kmeans
+from ssd.priors.writer import Entry, rounded_entry
 
 log = logging.getLogger(__name__)
 
-Shape = tuple[float, float]
-Offset = tuple[float, float]
-Entry = tuple[float, ...]  # a shape-form entry: (w, h) or (w, h, dx, dy)
 Method = Literal["chi", "kmeans", "coverage"]
 Subgrids = Literal["auto"] | Sequence[tuple[int, int]]
 METHODS: tuple[str, ...] = ("chi", "kmeans", "coverage")
@@ -56,16 +53,14 @@ METHODS: tuple[str, ...] = ("chi", "kmeans", "coverage")
 # level only (small-both-ways shapes belong there). On the 1 x 1 level of SSD512 that includes
 # 1 x 64: one band shape every 8 px in y for 64 priors, where the stride-8 level pays 4096.
 # Off by default: sub-grids raise grid recall, but copies at sub-cell offsets share one feature
-# vector per cell and the head learns to tell them apart slowly. On the demo schedule (150
-# iterations, tools/demo.py) coverage priors reached mAP 17.7% without sub-grids, 2.2% with
-# "auto" (cap 12), beside 13.6% for the original priors.
+# vector per cell and the head learns to tell them apart slowly, so on short schedules they can
+# cost more mAP than the recall they add (the README's prior section measures both).
 SUBGRIDS: Final[tuple[tuple[int, int], ...]] = ()
-# Defaults of the coverage method (tools/priors.py uses the same), chosen on synthetic aluminum
-# development sets (seed 0: fitted on 3000 images and scored on 2000 of seed 2; then fitted on
-# 300 and scored on the other 300 of a 600-image seed-0 set; the acceptance figures come from
-# seed 1): a recall-first objective, 16 jittered copies of every box with size noise, room for
-# sub-grid copies on a level, and no shape that adds less than 0.1 % to the objective (smaller
-# gains are a handful of sample points: fitting them does not carry over to new images).
+# Defaults of the coverage method (tools/priors.py uses the same), chosen on held-out synthetic
+# aluminum data (fitted on one set of images, scored on another): a recall-first objective,
+# 16 jittered copies of every box with size noise, room for sub-grid copies on a level, and no
+# shape that adds less than 0.1 % to the objective (smaller gains are a handful of sample
+# points: fitting them does not carry over to new images).
 IOU_WEIGHT = 0.2
 MAX_SHAPES_PER_LEVEL = 64
 JITTER_SCALE = 0.3
@@ -109,8 +104,8 @@ class OptimizeResult:
     info: dict[str, Any]
 
     @property
-    def grid(self) -> PriorGrid:
-        return PriorGrid.from_config(self.priors)
+    def grid(self) -> PriorSet:
+        return PriorSet.from_config(self.priors)
 
 
 # --------------------------------------------------------------------------- kmeans (ours, after Chi et al.)
@@ -772,9 +767,9 @@ def _result(
 ) -> OptimizeResult:
     """The shape-form config of `levels` (rounded to 0.01 px) on `base`'s layout, with the
     prior counts of both added to `info`."""
-    shapes = tuple(tuple(_rounded(e) for e in level) for level in levels)
+    shapes = tuple(tuple(rounded_entry(e) for e in level) for level in levels)
     priors = dataclasses.replace(base, shapes=shapes)
-    grid, base_grid = PriorGrid.from_config(priors), PriorGrid.from_config(base)
+    grid, base_grid = PriorSet.from_config(priors), PriorSet.from_config(base)
     info.update(
         {
             "num_priors": grid.num_priors,
@@ -844,7 +839,7 @@ def optimize_coverage(
     the base's number of priors), as a shape-form config. `subgrids`: the sub-grids a shape may
     be put on ("auto" = powers of two, () = cell centres only)."""
     _check_space(boxes, base)
-    base_grid = PriorGrid.from_config(base)
+    base_grid = PriorSet.from_config(base)
     budget = base_grid.num_priors if max_priors is None else int(max_priors)
     base_shapes = [wh for level in base_grid.shapes for wh in level]
     levels, info = coverage_priors(
@@ -902,78 +897,3 @@ def optimize_priors(
             **coverage_options,
         )  # fmt: skip
     raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
-
-
-# --------------------------------------------------------------------------- YAML
-
-
-_RATIO_KEYS = ("min_sizes", "max_sizes", "aspect_ratios", "shapes")
-
-
-def _rounded(entry: Sequence[float]) -> Entry:
-    """A shape-form entry with w, h rounded to 0.01 px (offsets kept to 1e-6 of a step)."""
-    (w, h), (dx, dy) = split_entry(entry)
-    return shape_entry((round(w, 2), round(h, 2)), (round(dx, 6), round(dy, 6)))
-
-
-def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in update.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-def priors_section(priors: PriorsConfig, base_section: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The YAML `priors:` mapping of a shape-form config: the base section's other keys
-    (image_size, feature maps, steps, clip, learnable ...) plus `shapes`, ratio-form keys dropped."""
-    if priors.shapes is None:
-        raise ValueError("priors_section needs a shape-form PriorsConfig (shapes set)")
-    out = {k: v for k, v in dict(base_section or {}).items() if k not in _RATIO_KEYS}
-    out["shapes"] = [[list(_rounded(e)) for e in level] for level in priors.shapes]
-    return out
-
-
-class _ConfigDumper(yaml.SafeDumper):
-    """Block style, except lists of scalars (a shape [w, h], a class list) stay on one line."""
-
-
-def _represent_list(dumper: yaml.SafeDumper, data: Any) -> yaml.Node:
-    flow = all(not isinstance(v, (list, tuple, dict)) for v in data)
-    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
-
-
-_ConfigDumper.add_representer(list, _represent_list)
-_ConfigDumper.add_representer(tuple, _represent_list)
-
-
-def write_priors_config(
-    base_config_path: str | Path | None,
-    priors: PriorsConfig,
-    out_path: str | Path,
-    *,
-    overrides: Sequence[str] = (),
-    header: str = "",
-) -> Path:
-    """Write `out_path`: the base config's YAML (plus `overrides`, `key.path=value`) with its
-    `priors:` section replaced by the shape form of `priors`. The file is loaded back with
-    `ssd.load_config` before returning (raises ConfigError if it does not load)."""
-    values: dict[str, Any] = {}
-    if base_config_path is not None:
-        p = Path(base_config_path)
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{p}: cannot read config: {exc}") from exc
-        values = dict(loaded or {})
-    values = _merge(values, parse_overrides(overrides))
-    values["priors"] = priors_section(priors, values.get("priors"))
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    lines = [f"# {line}" if line else "#" for line in header.strip().splitlines()] if header else []
-    text = yaml.dump(values, Dumper=_ConfigDumper, sort_keys=False, allow_unicode=True, width=100)
-    out.write_text(("\n".join(lines) + "\n" if lines else "") + text, encoding="utf-8")
-    load_config(out)  # fail here, not at training time
-    return out

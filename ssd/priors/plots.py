@@ -17,7 +17,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-Shape = tuple[float, float]
+from ssd.priors.fit import FitReport, FitSummary
+from ssd.priors.generator import Shape
+
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
@@ -94,28 +96,33 @@ def plot_shape_density(
 
 
 def plot_class_recall(
-    reports: Mapping[str, Mapping[str, Any]],
+    reports: Mapping[str, FitReport],
     path: str | Path,
     *,
     sections: Sequence[str] = ("per_class", "per_size"),
     key: str = "recall",
 ) -> Path:
     """Grouped bars of `key` (default grid recall@t) per class and size bucket, one bar per
-    named fit report (`ssd.priors.fit.fit_report` dicts), e.g. before / after optimisation."""
+    named fit report (`ssd.priors.fit.fit_report`), e.g. before / after optimisation."""
     names = list(reports)
     first = reports[names[0]]
-    groups = [(sec, g) for sec in sections for g in first[sec]]
+
+    def group(report: FitReport, sec: str, g: str) -> FitSummary:
+        summaries: dict[str, FitSummary] = getattr(report, sec)
+        return summaries[g]
+
+    groups = [(sec, g) for sec in sections for g in getattr(first, sec)]
     x = np.arange(len(groups))
     width = 0.8 / max(1, len(names))
     fig = Figure(figsize=(min(16.0, max(7.0, 0.25 * len(groups) * max(1, len(names)) + 2)), 4.8))
     ax = fig.add_subplot(1, 1, 1)
     for k, name in enumerate(names):
-        vals = [reports[name][sec][g][key] for sec, g in groups]
+        vals = [getattr(group(reports[name], sec, g), key) for sec, g in groups]
         heights = [0.0 if v is None else float(v) for v in vals]
         ax.bar(x + (k - (len(names) - 1) / 2) * width, heights, width, label=name)
     ax.set_xticks(x)
-    ax.set_xticklabels([f"{g} ({first[sec][g]['num_gt']})" for sec, g in groups], rotation=40, ha="right")
-    thr = first.get("iou_threshold", 0.5)
+    ax.set_xticklabels([f"{g} ({group(first, sec, g).num_gt})" for sec, g in groups], rotation=40, ha="right")
+    thr = first.iou_threshold
     ax.set_ylabel(f"{key}" + (f"@{thr:g} (grid)" if key == "recall" else ""))
     ax.set_ylim(0, 1.05)
     ax.axhline(1.0, color="0.7", lw=0.6)

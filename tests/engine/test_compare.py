@@ -14,7 +14,8 @@ from ssd.config import config_from_dict
 from ssd.data.labelme import TIANCHI_CLASSES
 from ssd.data.loader import build_records
 from ssd.engine.compare import compare, variant_config
-from ssd.priors.fit import BoxSet, PriorGrid, records_to_boxes
+from ssd.priors.fit import BoxSet, records_to_boxes
+from ssd.priors.generator import PriorSet
 from tests.conftest import TINY_PRIORS, synthetic_data
 
 REPORT_KEYS = (
@@ -80,7 +81,7 @@ def test_report_holds_every_variant_with_the_specified_keys(report: tuple[dict, 
     assert on_disk["variants"]["chi"]["boxes_per_cell"] == 33
     base_cfg = load_config(out / "original" / "seed0" / "config.yaml")
     km, _ = variant_config("kmeans", base_cfg, _train_boxes(out))
-    km_priors = PriorGrid.from_config(km.priors).num_priors
+    km_priors = PriorSet.from_config(km.priors).num_priors
     assert on_disk["variants"]["learned@kmeans"]["num_priors"] == km_priors
     assert on_disk["variants"]["learned@kmeans"]["fit_info"]["initial_shapes"] == "kmeans"
     assert on_disk["base"]["seeds"] == list(SEEDS) and on_disk["base"]["bootstrap"]["resamples"] == 1000

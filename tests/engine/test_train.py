@@ -272,7 +272,8 @@ def test_prior_check_warns_with_the_optimize_command(
     with caplog.at_level("WARNING", logger="ssd.engine.prior_check"):
         result = train(cfg, tmp_path / "run", evaluate_fn=_no_eval)
     check = json.loads((tmp_path / "run" / "prior_check.json").read_text())
-    assert result.prior_check == check and check["config"]["recall"] < 0.99
+    assert result.prior_check is not None and result.prior_check.to_dict() == check
+    assert check["config"]["recall"] < 0.99
     run_config = tmp_path / "run" / "config.yaml"
     command = f"python -m tools.priors optimize --config {run_config} --split-name train"
     assert command in caplog.text and command in check["warning"]
@@ -288,7 +289,8 @@ def test_auto_priors_trains_with_fitted_priors_of_higher_recall(tmp_path: Path) 
     cfg = tiny_cfg(tmp_path / "data", max_iters=2, checkpoint_every=1, auto_priors="coverage")
     result = train(cfg, tmp_path / "run", evaluate_fn=_no_eval)
     check = result.prior_check
-    assert check is not None and check["fitted"]["recall"] > check["config"]["recall"]
+    assert check is not None and check.fitted is not None and check.config is not None
+    assert check.fitted.recall > check.config.recall
     saved = ssd.load_config(tmp_path / "run" / "config.yaml")
     assert saved.priors.shapes is not None and saved.priors == result.config.priors  # type: ignore[union-attr]
     written = ssd.load_config(tmp_path / "run" / "priors.yaml").priors

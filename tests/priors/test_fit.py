@@ -14,7 +14,6 @@ from ssd.config import PriorsConfig
 from ssd.data.records import Record
 from ssd.priors.fit import (
     BoxSet,
-    PriorGrid,
     best_shape_iou,
     compute_stats,
     default_shift_amplitude,
@@ -28,7 +27,7 @@ from ssd.priors.fit import (
     records_to_input_wh,
     translate_inside,
 )
-from ssd.priors.generator import flat_shapes, generate_priors, layout_from_config, shapes_per_level
+from ssd.priors.generator import PriorSet, flat_shapes, generate_priors, layout_from_config, shapes_per_level
 
 
 def py_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
@@ -40,7 +39,7 @@ def py_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     return inter / union
 
 
-def brute_force(grid: PriorGrid, boxes_rel: np.ndarray, t: float) -> tuple[list[float], list[int]]:
+def brute_force(grid: PriorSet, boxes_rel: np.ndarray, t: float) -> tuple[list[float], list[int]]:
     """Best IoU and number of priors at IoU >= t per box: a loop over every prior of every cell
     (centre ((j + 0.5 + dx) step, (i + 0.5 + dy) step) for a shape with offset (dx, dy))."""
     s = grid.image_size
@@ -61,8 +60,8 @@ def brute_force(grid: PriorGrid, boxes_rel: np.ndarray, t: float) -> tuple[list[
     return best, count
 
 
-def small_grid(clip: bool = False) -> PriorGrid:
-    return PriorGrid(
+def small_grid(clip: bool = False) -> PriorSet:
+    return PriorSet(
         shapes=(((6.0, 6.0), (20.0, 5.0), (9.0, 14.0)), ((16.0, 16.0), (60.0, 10.0)), ((50.0, 40.0),)),
         feature_maps=(8, 4, 1),
         steps=(8.0, 16.0, 64.0),
@@ -110,11 +109,11 @@ def test_grid_stats_match_brute_force(threshold: float) -> None:
     np.testing.assert_array_equal(chunked.best_iou, stats.best_iou)
 
 
-def offset_grid(clip: bool = False) -> PriorGrid:
+def offset_grid(clip: bool = False) -> PriorSet:
     """`small_grid` plus shapes at sub-cell offsets (a 2 x 2 sub-grid of a tiny shape, a y pair
     of a band, an asymmetric offset on the single-cell level)."""
     g = small_grid()
-    return PriorGrid(
+    return PriorSet(
         shapes=(
             (*g.shapes[0], (5.0, 5.0), (5.0, 5.0), (5.0, 5.0), (5.0, 5.0)),
             (*g.shapes[1], (64.0, 6.0), (64.0, 6.0)),
@@ -149,14 +148,14 @@ def test_grid_stats_with_offsets_match_brute_force(threshold: float) -> None:
     np.testing.assert_allclose(dense.best_iou, ref_best, atol=1e-5)
     np.testing.assert_array_equal(dense.num_above, ref_count)
     # the offsets matter: without them the tiny boxes fare worse
-    plain = PriorGrid(grid.shapes, grid.feature_maps, grid.steps, grid.image_size)
+    plain = PriorSet(grid.shapes, grid.feature_maps, grid.steps, grid.image_size)
     assert not plain.has_offsets
     assert grid_stats(plain, rel, threshold).best_iou[60:100].mean() < stats.best_iou[60:100].mean()
     # clipped offset priors agree with the brute force through the dense path
     clipped = offset_grid(clip=True)
     rep = fit_report(clipped, boxset(rel), ["a"], iou_threshold=threshold)
     ref_clip, _ = brute_force(clipped, rel, threshold)
-    assert rep["mean_iou_grid"] == pytest.approx(float(np.mean(ref_clip)), abs=1e-5)
+    assert rep.mean_iou_grid == pytest.approx(float(np.mean(ref_clip)), abs=1e-5)
 
 
 def test_grid_with_offsets_is_the_generator() -> None:
@@ -165,18 +164,18 @@ def test_grid_with_offsets_is_the_generator() -> None:
         image_size=64, feature_maps=(8, 4, 1), steps=(8, 16, 64), shapes=tuple(map(tuple, grid.entries()))
     )
     assert cfg.shapes is not None and cfg.shapes[1][3] == (64.0, 6.0, 0.0, 0.25)
-    assert PriorGrid.from_config(cfg) == grid
+    assert PriorSet.from_config(cfg) == grid
     torch.testing.assert_close(grid.priors(), generate_priors(cfg), rtol=0, atol=1e-7)
-    again = PriorGrid.from_layout(layout_from_config(cfg), flat_shapes(shapes_per_level(cfg), 64))
+    again = PriorSet.from_layout(layout_from_config(cfg), flat_shapes(shapes_per_level(cfg), 64))
     assert again.offsets == grid.offsets
-    assert fit_report(grid, boxset(random_boxes(5, seed=1)), ["a"])["grid"]["shapes"][2][1] == [
+    assert fit_report(grid, boxset(random_boxes(5, seed=1)), ["a"]).grid.to_dict()["shapes"][2][1] == [
         30.0,
         20.0,
         0.3,
         -0.45,
     ]
     with pytest.raises(ValueError, match="offsets"):
-        PriorGrid(grid.shapes, grid.feature_maps, grid.steps, 64, offsets=(((0.0, 0.5),) * 7, (), ()))
+        PriorSet(grid.shapes, grid.feature_maps, grid.steps, 64, offsets=(((0.0, 0.5),) * 7, (), ()))
 
 
 def test_clipped_priors_take_the_dense_path() -> None:
@@ -184,8 +183,8 @@ def test_clipped_priors_take_the_dense_path() -> None:
     rel = random_boxes(40, seed=2)
     ref_best, _ref_count = brute_force(grid, rel, 0.5)
     rep = fit_report(grid, boxset(rel), ["a"])
-    assert rep["mean_iou_grid"] == pytest.approx(float(np.mean(ref_best)), abs=1e-5)
-    assert rep["recall"] == pytest.approx(float(np.mean(np.array(ref_best) >= 0.5)))
+    assert rep.mean_iou_grid == pytest.approx(float(np.mean(ref_best)), abs=1e-5)
+    assert rep.recall == pytest.approx(float(np.mean(np.array(ref_best) >= 0.5)))
     with pytest.raises(ValueError, match="unclipped"):
         grid_stats(grid, rel, 0.5)
 
@@ -197,43 +196,43 @@ def test_fit_report_agrees_with_brute_force() -> None:
     rep = fit_report(grid, boxset(rel, labels), ["a", "b", "c"], iou_threshold=0.5)
     best, count = brute_force(grid, rel, 0.5)
     best_a, count_a = np.array(best), np.array(count)
-    assert rep["num_priors"] == 8 * 8 * 3 + 4 * 4 * 2 + 1 == grid.priors().shape[0]
-    assert rep["boxes_per_cell"] == 6
-    assert rep["mean_iou_grid"] == pytest.approx(best_a.mean())
-    assert rep["recall"] == pytest.approx((best_a >= 0.5).mean())
-    assert rep["positives_per_gt"] == pytest.approx(np.maximum(count_a, 1).mean())  # forcing: >= 1
+    assert rep.num_priors == 8 * 8 * 3 + 4 * 4 * 2 + 1 == grid.priors().shape[0]
+    assert rep.boxes_per_cell == 6
+    assert rep.mean_iou_grid == pytest.approx(best_a.mean())
+    assert rep.recall == pytest.approx((best_a >= 0.5).mean())
+    assert rep.positives_per_gt == pytest.approx(np.maximum(count_a, 1).mean())  # forcing: >= 1
     b = labels == 2
-    assert rep["per_class"]["b"]["num_gt"] == int(b.sum())
-    assert rep["per_class"]["b"]["recall"] == pytest.approx((best_a[b] >= 0.5).mean())
-    assert rep["per_class"]["c"]["num_gt"] == 0 and rep["per_class"]["c"]["recall"] is None
-    assert sum(rep["per_size"][k]["num_gt"] for k in ("small", "medium", "large")) == rel.shape[0]
-    assert rep["unmatched"]["count"] == int((best_a < 0.5).sum())
-    worst = rep["unmatched"]["worst"]
-    assert [u["iou_grid"] for u in worst] == sorted(u["iou_grid"] for u in worst)
-    assert sum(pl["best_for_gt"] for pl in rep["per_level"]) == rel.shape[0]
+    assert rep.per_class["b"].num_gt == int(b.sum())
+    assert rep.per_class["b"].recall == pytest.approx((best_a[b] >= 0.5).mean())
+    assert rep.per_class["c"].num_gt == 0 and rep.per_class["c"].recall is None
+    assert sum(rep.per_size[k].num_gt for k in ("small", "medium", "large")) == rel.shape[0]
+    assert rep.unmatched.count == int((best_a < 0.5).sum())
+    worst = rep.unmatched.worst
+    assert [u.iou_grid for u in worst] == sorted(u.iou_grid for u in worst)
+    assert sum(pl.best_for_gt for pl in rep.per_level) == rel.shape[0]
     md = fit_table_markdown({"x": rep, "y": rep})
     assert "| recall@0.5, grid | " in md and "| b |" in md
 
 
 def test_shape_iou_hand_computed() -> None:
-    grid = PriorGrid(
+    grid = PriorSet(
         shapes=(((512.0, 30.0), (100.0, 100.0)),), feature_maps=(1,), steps=(512.0,), image_size=512
     )
     # a 512 x 15 band: with the 512 x 30 shape co-centred IoU = 15 / 30
     band = np.array([[0.0, 100 / 512, 1.0, 115 / 512]])
     rep = fit_report(grid, boxset(band, size=512), ["band"])
-    assert rep["mean_iou_shape"] == pytest.approx(0.5)
+    assert rep.mean_iou_shape == pytest.approx(0.5)
     # a 50 x 50 square: vs 100 x 100 -> 2500 / 10000; vs 512 x 30 -> 1500 / (2500 + 15360 - 1500)
     sq = np.array([[0.0, 0.0, 50 / 512, 50 / 512]])
     rep = fit_report(grid, boxset(sq, size=512), ["sq"])
-    assert rep["mean_iou_shape"] == pytest.approx(max(0.25, 1500 / (2500 + 15360 - 1500)))
+    assert rep.mean_iou_shape == pytest.approx(max(0.25, 1500 / (2500 + 15360 - 1500)))
     # grid IoU: the single prior sits at the centre (256, 256); the square at (25, 25) misses it
-    assert rep["mean_iou_grid"] == 0.0 and rep["recall"] == 0.0
+    assert rep.mean_iou_grid == 0.0 and rep.recall == 0.0
 
 
 def test_ssd512_grid_is_the_generator() -> None:
     cfg = PriorsConfig()
-    grid = PriorGrid.from_config(cfg)
+    grid = PriorSet.from_config(cfg)
     assert grid.num_priors == 24564 and grid.boxes_per_cell == 36
     torch.testing.assert_close(grid.priors(), generate_priors(cfg), rtol=0, atol=1e-6)
     assert grid.shapes[0][0] == pytest.approx((35.84, 35.84))
@@ -241,10 +240,10 @@ def test_ssd512_grid_is_the_generator() -> None:
 
 def test_grid_from_layout_and_learned_priors() -> None:
     cfg = PriorsConfig()
-    grid = PriorGrid.from_config(cfg)
+    grid = PriorSet.from_config(cfg)
     layout = layout_from_config(cfg)
     shapes = flat_shapes(shapes_per_level(cfg), cfg.image_size)
-    again = PriorGrid.from_layout(layout, shapes)
+    again = PriorSet.from_layout(layout, shapes)
     assert again.num_priors == grid.num_priors and again.boxes_per_cell == 36
     np.testing.assert_allclose(np.array(again.shapes[1]), np.array(grid.shapes[1]), rtol=1e-6)
     # explicit priors (e.g. a learned model's) go through the dense path and agree
@@ -252,8 +251,8 @@ def test_grid_from_layout_and_learned_priors() -> None:
     rel = random_boxes(30, seed=8)
     a = fit_report(small, boxset(rel), ["a"])
     b = fit_report(small, boxset(rel), ["a"], priors=small.priors())
-    assert a["mean_iou_grid"] == pytest.approx(b["mean_iou_grid"], abs=1e-6)
-    assert a["positives_per_gt"] == pytest.approx(b["positives_per_gt"])
+    assert a.mean_iou_grid == pytest.approx(b.mean_iou_grid, abs=1e-6)
+    assert a.positives_per_gt == pytest.approx(b.positives_per_gt)
 
 
 def test_band_needs_a_fine_stride() -> None:
@@ -262,8 +261,8 @@ def test_band_needs_a_fine_stride() -> None:
     rng = np.random.default_rng(0)
     y = rng.uniform(20, 480, 400)
     rel = np.stack([np.zeros(400), y, np.full(400, 512.0), y + 15], 1) / 512
-    fine = PriorGrid(shapes=(((512.0, 15.0),),), feature_maps=(64,), steps=(8.0,), image_size=512)
-    coarse = PriorGrid(shapes=(((512.0, 15.0),),), feature_maps=(16,), steps=(32.0,), image_size=512)
+    fine = PriorSet(shapes=(((512.0, 15.0),),), feature_maps=(64,), steps=(8.0,), image_size=512)
+    coarse = PriorSet(shapes=(((512.0, 15.0),),), feature_maps=(16,), steps=(32.0,), image_size=512)
     r_fine = grid_stats(fine, rel, 0.5)
     r_coarse = grid_stats(coarse, rel, 0.5)
     # offset d <= 4 px on stride 8: IoU >= (15 - 4) / (15 + 4) ~ 0.58 (x: 4 px of 512 lost)
@@ -316,7 +315,7 @@ def test_position_averaged_recall_golden() -> None:
     """A 10 x 10 box against 10 x 10 priors on the stride-8 lattice: IoU >= 0.5 needs
     (10 - |dx|)(10 - |dy|) >= 200 / 3, so over a uniform phase the hit rate is
     (100 / 3 - 200 / 3 ln(3 / 2)) / 16 = 0.3939 (integral over |dx|, |dy| in [0, 4])."""
-    grid = PriorGrid(shapes=(((10.0, 10.0),),), feature_maps=(64,), steps=(8.0,), image_size=512)
+    grid = PriorSet(shapes=(((10.0, 10.0),),), feature_maps=(64,), steps=(8.0,), image_size=512)
     exact = (100 / 3 - 200 / 3 * math.log(1.5)) / 16
     rel = np.array([[247.0, 247.0, 257.0, 257.0]]) / 512  # centred on the lattice point 252: a hit
     stats = compute_stats(grid, boxset(rel, size=512), 0.5, shifts=64, shift_amplitude=4.0)
@@ -324,9 +323,9 @@ def test_position_averaged_recall_golden() -> None:
     assert stats.hit_expected is not None and stats.iou_expected is not None
     assert stats.hit_expected[0] == pytest.approx(exact, abs=0.01)
     rep = fit_report(grid, boxset(rel, size=512), ["spot"], shifts=16)
-    assert rep["recall"] == 1.0 and rep["recall_expected"] == pytest.approx(exact, abs=0.03)
-    assert rep["per_class"]["spot"]["recall_expected"] == rep["recall_expected"]
-    assert fit_report(grid, boxset(rel, size=512), ["spot"], shifts=0)["recall_expected"] is None
+    assert rep.recall == 1.0 and rep.recall_expected == pytest.approx(exact, abs=0.03)
+    assert rep.per_class["spot"].recall_expected == rep.recall_expected
+    assert fit_report(grid, boxset(rel, size=512), ["spot"], shifts=0).recall_expected is None
 
 
 def test_position_averaged_agrees_with_brute_force() -> None:

@@ -228,8 +228,8 @@ def test_ratio_scale_grid() -> None:
     wh = np.repeat(grid, 40, axis=0) * np.exp(rng.normal(0, 0.02, (240, 1)))  # scale jitter only
     res = ratio_scale_kmeans(wh, 2, 3, seed=0)
     assert res.k == 6
-    np.testing.assert_allclose(sorted(res.extra["ratios"]), ratios, rtol=0.01)
-    np.testing.assert_allclose(sorted(res.extra["scales"]), scales, rtol=0.03)
+    np.testing.assert_allclose(sorted(res.ratios), ratios, rtol=0.01)
+    np.testing.assert_allclose(sorted(res.scales), scales, rtol=0.03)
     best = ratio_scale_best(wh, 6, seed=0)
     assert best.mean_iou >= res.mean_iou - 1e-12 and best.k <= 6
     # IoU k-means with the same number of shapes is at least as good on its own objective here

@@ -13,14 +13,15 @@ import yaml
 from ssd import build_model, load_config
 from ssd.config import PriorsConfig
 from ssd.priors import optimize as op
-from ssd.priors.fit import BoxSet, PriorGrid, fit_report, lattice_best_iou
+from ssd.priors.fit import BoxSet, fit_report, lattice_best_iou
+from ssd.priors.generator import PriorSet
 from ssd.priors.optimize import (
     kmeans_priors,
     optimize_chi,
     optimize_priors,
     subgrid_offsets,
-    write_priors_config,
 )
+from ssd.priors.writer import write_priors_config
 
 SMALL = PriorsConfig(
     image_size=64,
@@ -59,13 +60,13 @@ def test_coverage_beats_kmeans_and_original_on_bands() -> None:
     cov = optimize_priors(train, base, method="coverage", sample_size=1200, seed=0)
     km = optimize_priors(train, base, method="kmeans", restarts=3, seed=0)
     names = ["band", "blob", "large"]
-    r_orig = fit_report(PriorGrid.from_config(base), val, names)
+    r_orig = fit_report(PriorSet.from_config(base), val, names)
     r_km = fit_report(km.grid, val, names)
     r_cov = fit_report(cov.grid, val, names)
     assert cov.grid.num_priors <= 24564
-    assert r_cov["recall"] > r_km["recall"] and r_cov["recall"] > r_orig["recall"]
-    assert r_cov["mean_iou_grid"] > r_orig["mean_iou_grid"] + 0.2
-    assert r_cov["per_class"]["band"]["recall"] > 0.9 > r_orig["per_class"]["band"]["recall"]
+    assert r_cov.recall > r_km.recall and r_cov.recall > r_orig.recall
+    assert r_cov.mean_iou_grid > r_orig.mean_iou_grid + 0.2
+    assert r_cov.per_class["band"].recall > 0.9 > r_orig.per_class["band"].recall
     # deterministic for a seed
     again = optimize_priors(train, base, method="coverage", sample_size=1200, seed=0)
     assert again.priors.shapes == cov.priors.shapes
@@ -77,7 +78,7 @@ def test_coverage_never_exceeds_its_budget(budget: int | None) -> None:
     res = optimize_priors(
         boxes, SMALL, method="coverage", max_priors=budget, sample_size=400, max_shapes_per_level=12
     )
-    limit = PriorGrid.from_config(SMALL).num_priors if budget is None else budget
+    limit = PriorSet.from_config(SMALL).num_priors if budget is None else budget
     grid = res.grid
     assert grid.num_priors <= limit
     assert all(len(level) >= 1 for level in grid.shapes)  # every level keeps a head
@@ -214,7 +215,7 @@ def test_auto_subgrids_give_thin_bands_cheap_rows() -> None:
     )
     assert auto.grid.num_priors <= budget
     r_plain, r_auto = fit_report(plain.grid, val, ["band"]), fit_report(auto.grid, val, ["band"])
-    assert r_auto["recall"] >= 0.95 and r_plain["recall"] < 0.8  # measured: 1.0 and 0.73
+    assert r_auto.recall >= 0.95 and r_plain.recall < 0.8  # measured: 1.0 and 0.73
     top = auto.priors.shapes[-1]  # the 1 x 1 level: many rows of one wide shape
     assert len(top) >= 16 and all(len(e) == 4 and e[2] == 0.0 for e in top if len(e) == 4)
 
@@ -240,7 +241,7 @@ def test_subgrids_reach_tiny_boxes_within_the_budget(tmp_path: Path) -> None:
     assert not plain.grid.has_offsets and sub.grid.has_offsets
     assert any(len(e) == 4 for e in sub.priors.shapes[0])  # [w, h, dx, dy] entries on the finest level
     r_plain, r_sub = fit_report(plain.grid, val, ["tiny"]), fit_report(sub.grid, val, ["tiny"])
-    assert r_sub["recall"] > r_plain["recall"] + 0.25  # measured: 0.26 -> 0.62
+    assert r_sub.recall > r_plain.recall + 0.25  # measured: 0.26 -> 0.62
     # the written config loads, builds, and its priors are the optimised grid's
     base_path = tmp_path / "base.yaml"
     base_path.write_text(
@@ -251,8 +252,8 @@ def test_subgrids_reach_tiny_boxes_within_the_budget(tmp_path: Path) -> None:
     raw = yaml.safe_load(out.read_text(encoding="utf-8"))
     assert any(len(e) == 4 for e in raw["priors"]["shapes"][0])
     cfg = load_config(out)
-    assert PriorGrid.from_config(cfg.priors) == sub.grid
-    assert fit_report(PriorGrid.from_config(cfg.priors), val, ["tiny"])["recall"] == r_sub["recall"]
+    assert PriorSet.from_config(cfg.priors) == sub.grid
+    assert fit_report(PriorSet.from_config(cfg.priors), val, ["tiny"]).recall == r_sub.recall
 
 
 def test_kmeans_method_reading() -> None:
@@ -308,7 +309,7 @@ def test_written_config_loads_and_builds(tmp_path: Path) -> None:
     cfg = load_config(out)
     assert cfg.data.classes == ("crack", "dent") and cfg.model.batch_norm and cfg.model.width_mult == 0.125
     assert cfg.priors.shapes is not None
-    grid = PriorGrid.from_config(cfg.priors)
+    grid = PriorSet.from_config(cfg.priors)
     assert grid.num_priors == res.grid.num_priors <= 24564
     model = build_model(cfg)
     priors = model.priors()
@@ -353,7 +354,7 @@ def _check_chi_layout(res: op.OptimizeResult, wh_px: np.ndarray, restarts: int, 
     for got, want in zip(lv[1], expect2):
         assert got == pytest.approx(want, abs=0.006)
     # levels 3-5 as the original SSD512
-    orig = PriorGrid.from_config(PriorsConfig()).shapes
+    orig = PriorSet.from_config(PriorsConfig()).shapes
     for level in (2, 3, 4):
         for got, want in zip(lv[level], orig[level]):
             assert got == pytest.approx(want, abs=0.006)
@@ -404,5 +405,5 @@ def test_chi_on_the_real_tianchi_boxes() -> None:
     assert res.info["min_sizes"][:2] == pytest.approx([17.67, 76.33], abs=0.01)
     names = list(TIANCHI_CLASSES)
     ours = fit_report(res.grid, boxes, names)
-    orig = fit_report(PriorGrid.from_config(PriorsConfig()), boxes, names)
-    assert ours["mean_iou_shape"] > orig["mean_iou_shape"]
+    orig = fit_report(PriorSet.from_config(PriorsConfig()), boxes, names)
+    assert ours.mean_iou_shape > orig.mean_iou_shape
