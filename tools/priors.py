@@ -37,9 +37,10 @@ from typing import Any
 import numpy as np
 
 from ssd.config import Config, ConfigError, load_config
+from ssd.data.check import ANNOTATION_FORMATS
 from ssd.data.records import DatasetError, Record
 
-FORMATS = ("voc", "coco", "labelme")
+FORMATS = ANNOTATION_FORMATS
 METRICS = ("iou", "euclidean", "ratio-scale")
 
 
@@ -199,10 +200,8 @@ def _load_cfg(path: str | None, overrides: list[str]) -> Config:
 
 def load_records(cfg: Config, args: argparse.Namespace, default_split: str) -> list[Record]:
     """Annotation records from --annotations (no image is opened) or the config's data split."""
-    from ssd.data.coco import read_coco_records
-    from ssd.data.labelme import read_labelme_records
+    from ssd.data.check import read_annotations
     from ssd.data.loader import build_records
-    from ssd.data.voc import read_voc_records
 
     classes = cfg.data.classes
     if args.annotations is None:
@@ -215,15 +214,11 @@ def load_records(cfg: Config, args: argparse.Namespace, default_split: str) -> l
     path = Path(args.annotations)
     if not path.exists():
         raise DatasetError(path, "--annotations: not found")
-    if fmt == "voc":
-        return read_voc_records(path, args.split, classes, check_images=False)
-    if fmt == "labelme":
-        return read_labelme_records(path, args.split, classes, check_images=False)
-    if fmt == "coco":
-        if args.split:
-            raise UsageError("--split does not apply to coco (one json per split)")
-        return read_coco_records(path, args.image_root or path.parent, classes, check_images=False)
-    raise UsageError(f"--format: unknown format {fmt!r}")  # pragma: no cover - argparse choices
+    if fmt == "coco" and args.split:
+        raise UsageError("--split does not apply to coco (one json per split)")
+    return read_annotations(
+        fmt, path, classes, split_file=args.split, image_root=args.image_root, check_images=False
+    )
 
 
 def _boxes(cfg: Config, args: argparse.Namespace, default_split: str) -> Any:
@@ -407,25 +402,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- kmeans / sweep
 
 
-def _level_cost_by_size(centroids: np.ndarray, cfg: Config) -> int:
-    """Priors if each shape sits on the one level whose base scale is closest to its size (log
-    sqrt area), every level keeping at least one shape."""
+def _costs(centroids: np.ndarray, cfg: Config) -> dict[str, int]:
+    from ssd.priors.counting import prior_costs
     from ssd.priors.generator import PriorSet
 
-    grid = PriorSet.from_config(cfg.priors)
-    level_scale = np.array([np.exp(np.mean([0.5 * np.log(w * h) for w, h in s])) for s in grid.shapes])
-    scale = np.sqrt(centroids[:, 0] * centroids[:, 1])
-    level = np.abs(np.log(scale)[:, None] - np.log(level_scale)[None, :]).argmin(axis=1)
-    counts = np.maximum(np.bincount(level, minlength=grid.num_levels), 1)
-    return int(sum(int(f) ** 2 * int(n) for f, n in zip(grid.feature_maps, counts)))
-
-
-def _costs(centroids: np.ndarray, cfg: Config) -> dict[str, int]:
-    cells = sum(int(f) ** 2 for f in cfg.priors.feature_maps)
-    return {
-        "priors_all_levels": int(centroids.shape[0]) * cells,
-        "priors_by_size": _level_cost_by_size(centroids, cfg),
-    }
+    return prior_costs(centroids, PriorSet.from_config(cfg.priors)).to_dict()
 
 
 def cmd_kmeans(args: argparse.Namespace) -> int:

@@ -223,6 +223,32 @@ def _resolve(root: Path, rel: str) -> Path:
     return p if p.is_absolute() else root / p
 
 
+ANNOTATION_FORMATS: tuple[str, ...] = ("voc", "coco", "labelme")
+
+
+def read_annotations(
+    fmt: str,
+    path: Path,
+    classes: Sequence[str],
+    *,
+    split_file: Path | None = None,
+    image_root: Path | None = None,
+    check_images: bool = True,
+    problems: list[DatasetError] | None = None,
+) -> list[Record]:
+    """The records of an annotation set in `fmt` (one of `ANNOTATION_FORMATS`): voc and labelme
+    read the dataset folder `path` (with an optional `split_file`: stems or image paths); coco
+    reads the JSON file `path`, images under `image_root` (default: the JSON's folder)."""
+    if fmt == "voc":
+        return read_voc_records(path, split_file, classes, check_images=check_images, problems=problems)
+    if fmt == "labelme":
+        return read_labelme_records(path, split_file, classes, check_images=check_images, problems=problems)
+    if fmt == "coco":
+        root = path.parent if image_root is None else image_root
+        return read_coco_records(path, root, classes, check_images=check_images, problems=problems)
+    raise ConfigError(f"annotation format must be one of {', '.join(ANNOTATION_FORMATS)}, got {fmt!r}")
+
+
 def read_split(cfg: Config, split: str, problems: list[DatasetError]) -> list[Record]:
     """The records of `split` ("train"/"val") of the configured dataset, with the readers in
     collecting mode (per-file problems appended to `problems`). Paths as in
@@ -236,17 +262,18 @@ def read_split(cfg: Config, split: str, problems: list[DatasetError]) -> list[Re
     if d.format in ("voc", "labelme"):
         split_name = d.train_split if split == "train" else d.val_split
         split_file = _resolve(root, split_name) if split_name else None
-        if d.format == "voc":
-            return read_voc_records(root, split_file, d.classes, problems=problems)
-        return read_labelme_records(root, split_file, d.classes, problems=problems)
+        return read_annotations(d.format, root, d.classes, split_file=split_file, problems=problems)
     if d.format == "coco":
         ann = d.train_annotations if split == "train" else d.val_annotations
         if not ann:
             raise ConfigError(f"data.{split}_annotations: required for data.format 'coco'")
         images = d.train_images if split == "train" else d.val_images
-        return read_coco_records(_resolve(root, ann), _resolve(root, images), d.classes, problems=problems)
+        return read_annotations(
+            "coco", _resolve(root, ann), d.classes, image_root=_resolve(root, images), problems=problems
+        )
     if d.format == "synthetic":
-        return read_labelme_records(root, root / f"{split}.txt", d.classes, problems=problems)
+        split_file = root / f"{split}.txt"
+        return read_annotations("labelme", root, d.classes, split_file=split_file, problems=problems)
     raise ConfigError(f"data.format: unknown format {d.format!r}")  # pragma: no cover
 
 

@@ -22,7 +22,8 @@ class ScaleOnlyBatchNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
-        return (self.bn(x.reshape(-1, shape[-1])) * self.weight).reshape(shape)
+        out: Tensor = (self.bn(x.reshape(-1, shape[-1])) * self.weight).reshape(shape)
+        return out
 
 
 class SSDHead(nn.Module):

@@ -27,4 +27,5 @@ class SSD(nn.Module):
         return self.head.num_classes
 
     def forward(self, images: Tensor) -> HeadOutputs:
-        return self.head(self.backbone(images))
+        out: HeadOutputs = self.head(self.backbone(images))
+        return out

@@ -134,7 +134,7 @@ def prior_layout(
         # (index + 0.5 + d) * step / size in float64: with d = 0 exactly the plain cell centre
         cx = (idx[None, :, None] + 0.5 + off[None, None, :, 0]) * step / image_size  # [1, f, a]
         cy = (idx[:, None, None] + 0.5 + off[None, None, :, 1]) * step / image_size  # [f, 1, a]
-        cx, cy = torch.broadcast_tensors(cx, cy)  # [f (rows i), f (columns j), a]
+        cx, cy = cx.expand(f, f, a), cy.expand(f, f, a)  # [f (rows i), f (columns j), a]
         centers.append(torch.stack([cx.reshape(-1), cy.reshape(-1)], dim=1))  # [f*f*a, 2]
         shape_idx.append(torch.arange(offset, offset + a).repeat(f * f))
         level_idx.append(torch.full((f * f * a,), level, dtype=torch.long))

@@ -56,7 +56,7 @@ def pad_targets(
 def iou_matrix(gt_xyxy: Tensor, valid: Tensor, priors: Tensor) -> Tensor:
     """IoU [B, G, P] of padded ground truth against priors (cxcywh); padding rows are -1."""
     b, g, _ = gt_xyxy.shape
-    iou = box_iou(gt_xyxy.reshape(b * g, 4), cxcywh_to_xyxy(priors)).reshape(b, g, -1)
+    iou: Tensor = box_iou(gt_xyxy.reshape(b * g, 4), cxcywh_to_xyxy(priors)).reshape(b, g, -1)
     return iou.masked_fill(~valid[..., None], -1.0)
 
 
