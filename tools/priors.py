@@ -566,7 +566,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         "base_boxes_per_cell": base_grid.boxes_per_cell,
         "shapes": [[list(e) for e in level] for level in new_grid.entries(2)],
         "fit_train": {n: r.to_dict() for n, r in reports.items()},
-        "info": res.info,
+        "info": res.info.to_dict(),
     }
     if args.output_dir is not None:
         d = args.output_dir

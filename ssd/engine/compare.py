@@ -97,7 +97,7 @@ def variant_config(
     result = optimize_priors(
         train_boxes, base.priors, method=kind, max_priors=max_priors, seed=base.seed  # type: ignore[arg-type]
     )
-    return replace(base, priors=result.priors), result.info
+    return replace(base, priors=result.priors), result.info.to_dict()
 
 
 def _run_complete(run_dir: Path, cfg: Config) -> bool:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -96,12 +96,40 @@ def subgrid_offsets(nx: int, ny: int) -> list[Offset]:
 
 
 @dataclass(frozen=True)
+class OptimizeInfo:
+    """What an optimisation did: the prior counts of the result and of the base layout, and
+    `details`, the method's own JSON-ready record (clusters, chosen candidates, budget; its keys
+    differ per method, see `chi_priors`, `kmeans_priors` and `coverage_priors`)."""
+
+    num_priors: int
+    boxes_per_cell: int
+    base_num_priors: int
+    base_boxes_per_cell: int
+    details: Mapping[str, Any]
+
+    @property
+    def method(self) -> str:
+        return str(self.details["method"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The method's record with the prior counts (a count the method also reports is
+        replaced in place)."""
+        return {
+            **self.details,
+            "num_priors": self.num_priors,
+            "boxes_per_cell": self.boxes_per_cell,
+            "base_num_priors": self.base_num_priors,
+            "base_boxes_per_cell": self.base_boxes_per_cell,
+        }
+
+
+@dataclass(frozen=True)
 class OptimizeResult:
     """`priors`: the new prior config (shape form, other fields as in the base); `info`: what the
-    method did (clusters, chosen candidates, budget), JSON-ready."""
+    method did (`OptimizeInfo`)."""
 
     priors: PriorsConfig
-    info: dict[str, Any]
+    info: OptimizeInfo
 
     @property
     def grid(self) -> PriorSet:
@@ -766,19 +794,12 @@ def _result(
     base: PriorsConfig, levels: Sequence[Sequence[Sequence[float]]], info: dict[str, Any]
 ) -> OptimizeResult:
     """The shape-form config of `levels` (rounded to 0.01 px) on `base`'s layout, with the
-    prior counts of both added to `info`."""
+    prior counts of both beside the method's record `info`."""
     shapes = tuple(tuple(rounded_entry(e) for e in level) for level in levels)
     priors = dataclasses.replace(base, shapes=shapes)
     grid, base_grid = PriorSet.from_config(priors), PriorSet.from_config(base)
-    info.update(
-        {
-            "num_priors": grid.num_priors,
-            "boxes_per_cell": grid.boxes_per_cell,
-            "base_num_priors": base_grid.num_priors,
-            "base_boxes_per_cell": base_grid.boxes_per_cell,
-        }
-    )
-    return OptimizeResult(priors, info)
+    counts = (grid.num_priors, grid.boxes_per_cell, base_grid.num_priors, base_grid.boxes_per_cell)
+    return OptimizeResult(priors, OptimizeInfo(*counts, details=info))
 
 
 def _check_space(boxes: BoxSet, base: PriorsConfig) -> None:

@@ -82,7 +82,7 @@ def test_coverage_never_exceeds_its_budget(budget: int | None) -> None:
     grid = res.grid
     assert grid.num_priors <= limit
     assert all(len(level) >= 1 for level in grid.shapes)  # every level keeps a head
-    assert res.info["num_priors"] == grid.num_priors
+    assert res.info.num_priors == grid.num_priors
     assert all(len(level) <= 12 for level in grid.shapes)  # sub-grid copies count against the cap
 
 
@@ -343,7 +343,7 @@ def _check_chi_layout(res: op.OptimizeResult, wh_px: np.ndarray, restarts: int, 
     assert res.grid.boxes_per_cell == 33 and res.grid.num_priors == 14325
     cen = iou_kmeans(wh_px, 7, restarts=restarts, seed=seed).centroids
     w1, w2 = sorted(cen[:, 0].tolist())[:2]  # the two narrowest centres
-    assert res.info["min_sizes"][:2] == pytest.approx([w1, w2]) and w1 <= w2
+    assert res.info.details["min_sizes"][:2] == pytest.approx([w1, w2]) and w1 <= w2
     lv = [[(e[0], e[1]) for e in level] for level in res.priors.shapes]
     # level 1: the two squares only (ratios 2 and 1/2 removed); max size = level 2's min
     assert lv[0][0] == pytest.approx((w1, w1), abs=0.006)
@@ -402,7 +402,7 @@ def test_chi_on_the_real_tianchi_boxes() -> None:
     assert boxes.num_boxes == 504
     res = optimize_chi(boxes, PriorsConfig(), restarts=10, seed=0)
     _check_chi_layout(res, boxes.wh_px, restarts=10, seed=0)
-    assert res.info["min_sizes"][:2] == pytest.approx([17.67, 76.33], abs=0.01)
+    assert res.info.details["min_sizes"][:2] == pytest.approx([17.67, 76.33], abs=0.01)
     names = list(TIANCHI_CLASSES)
     ours = fit_report(res.grid, boxes, names)
     orig = fit_report(PriorSet.from_config(PriorsConfig()), boxes, names)
