@@ -38,7 +38,7 @@ import numpy as np
 from ssd.config import PriorsConfig
 from ssd.priors.fit import BoxSet, default_shift_amplitude, lattice_best_iou_xy, translate_inside
 from ssd.priors.generator import Offset, PriorSet, Shape, shape_entry
-from ssd.priors.kmeans import iou_kmeans
+from ssd.priors.kmeans import KMeansResult, iou_kmeans
 from ssd.priors.writer import Entry, rounded_entry
 
 log = logging.getLogger(__name__)
@@ -95,27 +95,119 @@ def subgrid_offsets(nx: int, ny: int) -> list[Offset]:
     return [(dx, dy) for dy in dys for dx in dxs]
 
 
+def _clustering_dict(clustering: KMeansResult, centres: np.ndarray) -> dict[str, Any]:
+    """The clustering's JSON summary with the centres in the order the method reads them."""
+    return clustering.to_dict() | {"centroids": [[float(w), float(h)] for w, h in centres]}
+
+
+@dataclass(frozen=True)
+class ClusterNeed:
+    """One cluster of the kmeans method: its centre (w, h), the scale it sets, its ratio w/h and
+    the ratio it needs (the log-nearest candidate)."""
+
+    w: float
+    h: float
+    scale: float
+    ratio: float
+    needs: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"w": self.w, "h": self.h, "scale": self.scale, "ratio": self.ratio, "needs": self.needs}
+
+
+@dataclass(frozen=True)
+class KMeansRecord:
+    """What the kmeans method did (`kmeans_priors`): the clustering and its centres (scale
+    order), what each cluster needs, the per-level min and max sizes, the ratios kept and pruned
+    everywhere, and the extreme ratio added to a level (level -> w/h)."""
+
+    clustering: KMeansResult
+    centres: np.ndarray
+    clusters: tuple[ClusterNeed, ...]
+    min_sizes: tuple[float, ...]
+    max_sizes: tuple[float, ...]
+    kept_ratios: tuple[float, ...]
+    pruned_ratios: tuple[float, ...]
+    extreme_ratios: dict[int, float]
+    method: str = "kmeans"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "kmeans": _clustering_dict(self.clustering, self.centres),
+            "clusters": [c.to_dict() for c in self.clusters],
+            "min_sizes": list(self.min_sizes),
+            "max_sizes": list(self.max_sizes),
+            "kept_ratios": list(self.kept_ratios),
+            "pruned_ratios": list(self.pruned_ratios),
+            "extreme_ratios": {str(k): v for k, v in self.extreme_ratios.items()},
+        }
+
+
+CHI_CHOICES: Final[dict[str, str]] = {
+    "centre_order": "width, ties by height",
+    "min_size_of_centre": "width",
+    "max_sizes": "max of level l = min of level l + 1 for the changed minimums; others unchanged",
+    "last_level_ratio": "one box w/h = 15 from the last min_size by eq. 7",
+}
+
+
+@dataclass(frozen=True)
+class ChiRecord:
+    """What the chi method did (`chi_priors`): the clustering and its centres (width order), the
+    resulting ratio-form sizes and ratios per level, the extra shape of the last level (level ->
+    ratios) and the choices where the paper is silent (`CHI_CHOICES`)."""
+
+    clustering: KMeansResult
+    centres: np.ndarray
+    min_sizes: tuple[float, ...]
+    max_sizes: tuple[float, ...]
+    aspect_ratios: tuple[tuple[float, ...], ...]
+    extra_shapes: dict[int, tuple[float, ...]]
+    method: str = "chi"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "kmeans": _clustering_dict(self.clustering, self.centres),
+            "min_sizes": list(self.min_sizes),
+            "max_sizes": list(self.max_sizes),
+            "aspect_ratios": [list(r) for r in self.aspect_ratios],
+            "extra_shapes": {str(k): list(v) for k, v in self.extra_shapes.items()},
+            "choices": dict(CHI_CHOICES),
+        }
+
+
+MethodRecord = ChiRecord | KMeansRecord | Mapping[str, Any]
+
+
 @dataclass(frozen=True)
 class OptimizeInfo:
     """What an optimisation did: the prior counts of the result and of the base layout, and
-    `details`, the method's own JSON-ready record (clusters, chosen candidates, budget; its keys
-    differ per method, see `chi_priors`, `kmeans_priors` and `coverage_priors`)."""
+    `details`, the method's own record (`ChiRecord`, `KMeansRecord`, or the JSON-ready record of
+    `coverage_priors`: budget, runs, chosen candidates)."""
 
     num_priors: int
     boxes_per_cell: int
     base_num_priors: int
     base_boxes_per_cell: int
-    details: Mapping[str, Any]
+    details: MethodRecord
 
     @property
     def method(self) -> str:
-        return str(self.details["method"])
+        return str(self.details_dict()["method"])
+
+    def details_dict(self) -> dict[str, Any]:
+        """The method's record, JSON-ready."""
+        if isinstance(self.details, (ChiRecord, KMeansRecord)):
+            return self.details.to_dict()
+        return dict(self.details)
 
     def to_dict(self) -> dict[str, Any]:
         """The method's record with the prior counts (a count the method also reports is
         replaced in place)."""
         return {
-            **self.details,
+            **self.details_dict(),
             "num_priors": self.num_priors,
             "boxes_per_cell": self.boxes_per_cell,
             "base_num_priors": self.base_num_priors,
@@ -151,9 +243,9 @@ def kmeans_priors(
     *,
     restarts: int = 10,
     seed: int = 0,
-) -> tuple[list[list[Shape]], dict[str, Any]]:
+) -> tuple[list[list[Shape]], KMeansRecord]:
     """Our generalisation of Chi et al.'s idea to any data: per level shapes in input pixels
-    plus a description. Not the published procedure (that is `chi_priors`): here the clusters
+    plus a record of what it did. Not the published procedure (that is `chi_priors`): here the clusters
     set every level's scale and decide which ratios every level keeps.
 
     1. IoU k-means (distance 1 - shape IoU, mean update, best of `restarts`) of the training
@@ -189,7 +281,7 @@ def kmeans_priors(
     standard = [1.0] + [q for r in base for q in (r, 1.0 / r)]
     needed: set[float] = set()
     extremes: dict[int, float] = {}
-    cluster_info = []
+    cluster_info: list[ClusterNeed] = []
     for level, (w, h) in enumerate(cen):
         a = float(w / h)
         rounded = _round_ratio(a)
@@ -200,9 +292,7 @@ def kmeans_priors(
             needed.add(pick)
         else:
             extremes[level] = pick
-        cluster_info.append(
-            {"w": float(w), "h": float(h), "scale": float(scales[level]), "ratio": a, "needs": pick}
-        )
+        cluster_info.append(ClusterNeed(float(w), float(h), float(scales[level]), a, pick))
     kept = sorted(q for q in needed if q != 1.0)
     pruned = sorted(q for q in standard if q != 1.0 and q not in needed)
     levels: list[list[Shape]] = []
@@ -223,17 +313,17 @@ def kmeans_priors(
             if not any(abs(wh[0] - u[0]) < 1e-6 and abs(wh[1] - u[1]) < 1e-6 for u in uniq):
                 uniq.append(wh)
         levels.append(uniq)
-    info = {
-        "method": "kmeans",
-        "kmeans": km.to_dict() | {"centroids": [[float(w), float(h)] for w, h in cen]},
-        "clusters": cluster_info,
-        "min_sizes": [float(s) for s in scales],
-        "max_sizes": [float(s) for s in max_sizes],
-        "kept_ratios": kept,
-        "pruned_ratios": pruned,
-        "extreme_ratios": {str(k): v for k, v in extremes.items()},
-    }
-    return levels, info
+    record = KMeansRecord(
+        clustering=km,
+        centres=cen,
+        clusters=tuple(cluster_info),
+        min_sizes=tuple(float(s) for s in scales),
+        max_sizes=tuple(float(s) for s in max_sizes),
+        kept_ratios=tuple(kept),
+        pruned_ratios=tuple(pruned),
+        extreme_ratios=dict(extremes),
+    )
+    return levels, record
 
 
 # --------------------------------------------------------------------------- chi (Chi et al., as published)
@@ -249,8 +339,8 @@ def chi_priors(
     k: int = CHI_K,
     restarts: int = 10,
     seed: int = 0,
-) -> tuple[list[list[Shape]], dict[str, Any]]:
-    """Chi et al. section 3.2 as published: per level shapes in input pixels plus a description.
+) -> tuple[list[list[Shape]], ChiRecord]:
+    """Chi et al. section 3.2 as published: per level shapes in input pixels plus a record.
 
     The procedure of the paper, on the original ratio-form layout `base` (SSD512: min sizes
     35.84 ... 460.8, max sizes 76.8 ... 537.6, ratios [2], [2, 3] x 4, [2], [2]):
@@ -268,7 +358,7 @@ def chi_priors(
        sqrt(min_size max_size) per level, and for each kept ratio r both (min sqrt r, min / sqrt r)
        and its flip (eq. 7). On SSD512: 2/4/6/6/6/4/5 = 33 boxes per cell, 14,325 priors.
 
-    Where the text is silent, our choices (also in `info["choices"]`):
+    Where the text is silent, our choices (also in the record's `choices`, `CHI_CHOICES`):
 
     - *Which centre is "1" and "2"*: centres are numbered by width (ties by height). The paper
       reads each level's size off the abscissa (the width) and says the "other five" centres all
@@ -323,21 +413,15 @@ def chi_priors(
         levels.append(shapes)
     q = math.sqrt(CHI_LAST_RATIO)
     levels[-1].append((min_sizes[-1] * q, min_sizes[-1] / q))
-    info = {
-        "method": "chi",
-        "kmeans": km.to_dict() | {"centroids": [[float(w), float(h)] for w, h in centres]},
-        "min_sizes": min_sizes,
-        "max_sizes": max_sizes,
-        "aspect_ratios": ratios,
-        "extra_shapes": {str(num_levels - 1): [CHI_LAST_RATIO]},
-        "choices": {
-            "centre_order": "width, ties by height",
-            "min_size_of_centre": "width",
-            "max_sizes": "max of level l = min of level l + 1 for the changed minimums; others unchanged",
-            "last_level_ratio": "one box w/h = 15 from the last min_size by eq. 7",
-        },
-    }
-    return levels, info
+    record = ChiRecord(
+        clustering=km,
+        centres=centres,
+        min_sizes=tuple(min_sizes),
+        max_sizes=tuple(max_sizes),
+        aspect_ratios=tuple(tuple(r) for r in ratios),
+        extra_shapes={num_levels - 1: (CHI_LAST_RATIO,)},
+    )
+    return levels, record
 
 
 # --------------------------------------------------------------------------- coverage (ours)
@@ -791,7 +875,7 @@ def coverage_priors(
 
 
 def _result(
-    base: PriorsConfig, levels: Sequence[Sequence[Sequence[float]]], info: dict[str, Any]
+    base: PriorsConfig, levels: Sequence[Sequence[Sequence[float]]], info: MethodRecord
 ) -> OptimizeResult:
     """The shape-form config of `levels` (rounded to 0.01 px) on `base`'s layout, with the
     prior counts of both beside the method's record `info`."""

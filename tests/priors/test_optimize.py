@@ -261,26 +261,26 @@ def test_kmeans_method_reading() -> None:
     base = PriorsConfig()
     levels, info = kmeans_priors(boxes.wh_px, base.feature_maps, base.aspect_ratios, restarts=3, seed=0)
     assert len(levels) == 7
-    scales = info["min_sizes"]
+    scales = list(info.min_sizes)
     assert scales == sorted(scales)
     for lvl, shapes in enumerate(levels):
         s = scales[lvl]
         assert shapes[0] == pytest.approx((s, s))  # the square of the level's cluster scale
-        assert shapes[1][0] == pytest.approx(np.sqrt(s * info["max_sizes"][lvl]))
+        assert shapes[1][0] == pytest.approx(np.sqrt(s * info.max_sizes[lvl]))
         ratios = {round(w / h, 6) for w, h in shapes[2:]}
-        allowed = {round(q, 6) for q in info["kept_ratios"]}
-        if str(lvl) in info["extreme_ratios"]:
-            allowed.add(round(info["extreme_ratios"][str(lvl)], 6))
+        allowed = {round(q, 6) for q in info.kept_ratios}
+        if lvl in info.extreme_ratios:
+            allowed.add(round(info.extreme_ratios[lvl], 6))
         assert ratios <= allowed
     # every cluster needs the log-nearest ratio; what nobody needs is pruned
-    needs = {c["needs"] for c in info["clusters"]}
-    assert set(info["kept_ratios"]) == needs & {2.0, 0.5, 3.0, 1 / 3}
-    assert set(info["pruned_ratios"]) == {2.0, 0.5, 3.0, 1 / 3} - needs
+    needs = {c.needs for c in info.clusters}
+    assert set(info.kept_ratios) == needs & {2.0, 0.5, 3.0, 1 / 3}
+    assert set(info.pruned_ratios) == {2.0, 0.5, 3.0, 1 / 3} - needs
     # no tall box at all: the flipped (tall) ratios are pruned, no tall shape remains ...
-    assert 1 / 2 in info["pruned_ratios"] and 1 / 3 in info["pruned_ratios"]
+    assert 1 / 2 in info.pruned_ratios and 1 / 3 in info.pruned_ratios
     assert all(w >= h - 1e-9 for level in levels for w, h in level)
     # ... and the band clusters get their own extreme ratio, wider than 3
-    assert info["extreme_ratios"] and all(r > 3 for r in info["extreme_ratios"].values())
+    assert info.extreme_ratios and all(r > 3 for r in info.extreme_ratios.values())
     again, _ = kmeans_priors(boxes.wh_px, base.feature_maps, base.aspect_ratios, restarts=3, seed=0)
     assert again == levels
 
@@ -343,7 +343,7 @@ def _check_chi_layout(res: op.OptimizeResult, wh_px: np.ndarray, restarts: int, 
     assert res.grid.boxes_per_cell == 33 and res.grid.num_priors == 14325
     cen = iou_kmeans(wh_px, 7, restarts=restarts, seed=seed).centroids
     w1, w2 = sorted(cen[:, 0].tolist())[:2]  # the two narrowest centres
-    assert res.info.details["min_sizes"][:2] == pytest.approx([w1, w2]) and w1 <= w2
+    assert res.info.details.min_sizes[:2] == pytest.approx([w1, w2]) and w1 <= w2
     lv = [[(e[0], e[1]) for e in level] for level in res.priors.shapes]
     # level 1: the two squares only (ratios 2 and 1/2 removed); max size = level 2's min
     assert lv[0][0] == pytest.approx((w1, w1), abs=0.006)
@@ -402,7 +402,7 @@ def test_chi_on_the_real_tianchi_boxes() -> None:
     assert boxes.num_boxes == 504
     res = optimize_chi(boxes, PriorsConfig(), restarts=10, seed=0)
     _check_chi_layout(res, boxes.wh_px, restarts=10, seed=0)
-    assert res.info.details["min_sizes"][:2] == pytest.approx([17.67, 76.33], abs=0.01)
+    assert res.info.details.min_sizes[:2] == pytest.approx([17.67, 76.33], abs=0.01)
     names = list(TIANCHI_CLASSES)
     ours = fit_report(res.grid, boxes, names)
     orig = fit_report(PriorSet.from_config(PriorsConfig()), boxes, names)
