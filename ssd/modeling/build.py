@@ -83,7 +83,8 @@ def export_learned_priors(model: nn.Module, cfg: Config, path: str | Path) -> Co
     shapes = tuple(tuple(level) for level in priors.level_entries_px())
     learned = dataclasses.replace(cfg.priors, shapes=shapes, learnable=False)
     updates = {"priors": {"learnable": False}, "model": {"wh_batchnorm": uses_wh_batchnorm(cfg)}}
-    write_priors_config(config_to_dict(cfg), learned, path, updates=updates, ndigits=None)
+    base = config_to_dict(cfg)
+    write_priors_config(base, learned, path, updates=updates, ndigits=None, keep_ratio_keys=True)
     exported = load_config(path)  # exactly what a user will get from the file
     priors.freeze()
     fresh = build_prior_boxes(exported).to(priors.log_wh.device)

@@ -27,14 +27,20 @@ def rounded_entry(entry: Sequence[float], ndigits: int = 2) -> Entry:
 
 
 def priors_section(
-    priors: PriorsConfig, base_section: Mapping[str, Any] | None = None, *, ndigits: int | None = 2
+    priors: PriorsConfig,
+    base_section: Mapping[str, Any] | None = None,
+    *,
+    ndigits: int | None = 2,
+    keep_ratio_keys: bool = False,
 ) -> dict[str, Any]:
     """The YAML `priors:` mapping of a shape-form config: the base section's other keys
-    (image_size, feature maps, steps, clip, learnable ...) plus `shapes`, ratio-form keys dropped.
-    `ndigits`: w, h rounded to that many digits (None: written exactly)."""
+    (image_size, feature maps, steps, clip, learnable ...) plus `shapes`, ratio-form keys dropped
+    unless `keep_ratio_keys` (they are unused once `shapes` is set). `ndigits`: w, h rounded to
+    that many digits (None: written exactly)."""
     if priors.shapes is None:
         raise ValueError("priors_section needs a shape-form PriorsConfig (shapes set)")
-    out = {k: v for k, v in dict(base_section or {}).items() if k not in _RATIO_KEYS}
+    dropped = () if keep_ratio_keys else _RATIO_KEYS  # a kept `shapes` key keeps its place
+    out = {k: v for k, v in dict(base_section or {}).items() if k not in dropped}
     out["shapes"] = [
         [list(shape_entry(*split_entry(e)) if ndigits is None else rounded_entry(e, ndigits)) for e in level]
         for level in priors.shapes
@@ -77,15 +83,18 @@ def write_priors_config(
     updates: Mapping[str, Any] | None = None,
     header: str = "",
     ndigits: int | None = 2,
+    keep_ratio_keys: bool = False,
 ) -> Path:
     """Write `out_path`: the base config (a YAML path, or its values as a mapping) plus
     `overrides` (`key.path=value`) and `updates` (a nested mapping), with its `priors:` section
-    replaced by the shape form of `priors` (w, h rounded to `ndigits`; None writes them exactly).
+    replaced by the shape form of `priors` (w, h rounded to `ndigits`; None writes them exactly;
+    `keep_ratio_keys`: see `priors_section`).
     The file is loaded back with `ssd.load_config` before returning (raises ConfigError if it
     does not load)."""
     values = merge_values(_read_values(base), parse_overrides(overrides))
     values = merge_values(values, updates or {})
-    values["priors"] = priors_section(priors, values.get("priors"), ndigits=ndigits)
+    section = values.get("priors")
+    values["priors"] = priors_section(priors, section, ndigits=ndigits, keep_ratio_keys=keep_ratio_keys)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     lines = [f"# {line}" if line else "#" for line in header.strip().splitlines()] if header else []
