@@ -78,10 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         for bar in bars.values():
             bar.close()
     if args.json:
-        print_json(report)
+        print_json(report.to_dict())
     else:
-        print(Path(report["files"]["markdown"]).read_text(encoding="utf-8"))
-        print(f"report: {report['files']['markdown']}")
+        print(Path(report.files["markdown"]).read_text(encoding="utf-8"))
+        print(f"report: {report.files['markdown']}")
     return 0
 
 

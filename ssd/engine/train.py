@@ -40,7 +40,7 @@ from ssd.losses import LossOutput, MultiBoxLoss
 from ssd.modeling.build import build_model
 from ssd.modeling.ssd import SSD
 from ssd.priors.learnable import PriorAids, export_learned_priors
-from ssd.structures import Batch, HeadOutputs, Targets
+from ssd.structures import Batch, Detections, HeadOutputs, Targets
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class TrainResult:
     # training samples replaced because their image could not be read (data.skip_invalid), by
     # image id: how many times each was skipped in this process's run
     skipped_images: dict[str, int] = field(default_factory=dict)
-    report: dict[str, Any] | None = None  # the final model's report (also report.md / results.json)
+    report: RunReport | None = None  # the final model's report (also report.md / results.json)
     prior_check: dict[str, Any] | None = None  # the prior check at the start (also prior_check.json)
     config: Config | None = None  # the config trained with (auto_priors: with the fitted priors)
 
@@ -614,7 +614,7 @@ class _Trainer:
 
     # ----------------------------------------------------------------- the end
 
-    def finish(self) -> tuple[Path | None, dict[str, Any] | None]:
+    def finish(self) -> tuple[Path | None, RunReport | None]:
         """After the loop: learned priors frozen and exported (learned_priors.yaml, .png), the
         final report; returns (learned prior config, report)."""
         cfg, ctx, out = self.cfg, self.ctx, self.out
@@ -630,7 +630,7 @@ class _Trainer:
                 log.info("initial and learned prior shapes over the training boxes: %s", plot)
         elif not self.last_path.exists():  # resumed at max_iters: nothing ran
             self.save(self.last_path)
-        report: dict[str, Any] | None = None
+        report: RunReport | None = None
         if ctx.is_main and self.final_metrics is not None:
             metrics, it = self.final_metrics, self.iteration
             report = _final_report(self.eval_model, learned_cfg, self.dev, metrics, out, it)
@@ -638,12 +638,26 @@ class _Trainer:
         return learned_config, report
 
 
+@dataclass(frozen=True)
+class RunReport:
+    """The end-of-training report of the final model: its last evaluation (`metrics`: mAP,
+    per-class AP with GT counts, confusion matrix, in the evaluation's JSON form), its end-to-end
+    speed on the training device (batch 1, fp32; None when it could not be measured) and where
+    it comes from (`sources`: run, checkpoint, iteration, split). `to_dict()` is results.json."""
+
+    metrics: dict[str, Any]
+    speed: dict[str, Any] | None
+    sources: dict[str, object]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.metrics, "speed": self.speed, "sources": self.sources}
+
+
 def _final_report(
     model: SSD, cfg: Config, dev: torch.device, metrics: dict[str, Any], out: Path, iteration: int
-) -> dict[str, Any]:
-    """The end-of-training report of the final model: its last evaluation (per-class AP with GT
-    counts, mAP, confusion matrix) and its end-to-end speed on the training device (batch 1,
-    fp32), logged and written to `out`/report.md and results.json."""
+) -> RunReport:
+    """The final model's report (see `RunReport`), logged and written to `out`/report.md and
+    results.json."""
     from ssd.engine.evaluate import measure_speed, typical_image_size
     from ssd.evaluation.report import write_run_report
 
@@ -653,17 +667,20 @@ def _final_report(
     except RuntimeError as exc:  # e.g. out of memory: the metrics still get reported
         log.warning("end-to-end speed not measured: %s", exc)
         speed = None
-    sources = {"run": str(out), "checkpoint": str(out / "last.pt"), "iteration": iteration, "split": "val"}
-    summary = {**metrics, "speed": speed, "sources": sources}
-    write_run_report(summary, out, f"Training run {out.name}: final model, iteration {iteration}, val split")
+    sources: dict[str, object] = {
+        "run": str(out), "checkpoint": str(out / "last.pt"), "iteration": iteration, "split": "val"
+    }
+    report = RunReport(metrics, speed, sources)
+    title = f"Training run {out.name}: final model, iteration {iteration}, val split"
+    write_run_report(report.to_dict(), out, title)
     fps = "n/a" if speed is None else f"{speed['end_to_end_fps']:.2f}"
     log.info("final model (iteration %d): mAP %s, %s FPS end to end; %s", iteration, metrics.get("mAP"), fps,
              out / "report.md")  # fmt: skip
-    return summary
+    return report
 
 
 def _log_eval_visuals(
-    writer: Any, cfg: Config, result: Any, detections: dict[str, Any], it: int, num_images: int = 4
+    writer: Any, cfg: Config, result: Any, detections: dict[str, Detections], it: int, num_images: int = 4
 ) -> None:
     """TensorBoard at each evaluation: the per-class PR curves (one figure) and the first
     `num_images` validation images with their ground truth (green) and detections at or above
