@@ -697,7 +697,7 @@ def generate_dataset(
     val_fraction: float = 0.2,
     *,
     workers: int = 1,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> SyntheticSummary:
     """Write `num_images` synthetic images of `size` = (width, height) in the Tianchi layout under
     `out_dir` (see the module docstring); returns (and writes to `synthetic.json`) a summary:
