@@ -11,6 +11,12 @@ world_size`. The loss is normalised by the global counts (`_global_loss`), so th
 gradient equals the single-process gradient of the global batch. Rank 0 alone writes
 config.yaml, checkpoints, TensorBoard and metrics.jsonl and runs evaluation; the skip and stop
 decisions are all-reduced, so the processes never diverge.
+
+Reading order: `train` (device, run folder, process group) -> `_train`, the loop itself, on one
+screen -> `_Trainer`, whose methods are the pieces of an iteration (`step`: forward, loss,
+backward, AMP, gradient clipping and the skip of a non-finite step; `log_step`;
+`checkpoint_and_evaluate`; `stop_if_signalled`) and of a run (`resume`, `save`, `finish`) ->
+`_RunLog` (TensorBoard and metrics.jsonl) and the building blocks above them.
 """
 
 from __future__ import annotations
