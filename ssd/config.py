@@ -61,7 +61,7 @@ class LearnPriorsConfig:
 
 @dataclass(frozen=True)
 class PriorsConfig:
-    """Prior (default) boxes, in network-input pixels; see DESIGN.md "Priors".
+    """Prior (default) boxes, in network-input pixels; see the README section "Priors that fit the data".
 
     Ratio form (the SSD paper): per level `min_sizes`, `max_sizes` and `aspect_ratios`.
     Shape form: per level an explicit list of `[w, h]` or `[w, h, dx, dy]`; when `shapes` is set

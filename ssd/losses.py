@@ -68,13 +68,11 @@ class MultiBoxLoss(nn.Module):
         outputs: HeadOutputs,
         targets: Targets,
         priors: Tensor,
-        matched: MatchResult | None = None,
     ) -> LossOutput:
         """`outputs`: [B, P, C] logits and [B, P, 4] deltas; `targets`: xyxy relative boxes;
         `priors` [P, 4] cxcywh (may require grad: learnable shapes receive the localisation
-        gradient through the encoding). `matched` overrides the built-in matching."""
-        if matched is None:
-            matched = match(targets.boxes, targets.labels, priors.detach(), self.iou_threshold)
+        gradient through the encoding)."""
+        matched = match(targets.boxes, targets.labels, priors.detach(), self.iou_threshold)
         logits = outputs.cls_logits.float()
         deltas = outputs.box_deltas.float()
         positive = matched.labels > 0

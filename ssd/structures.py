@@ -19,8 +19,9 @@ class HeadOutputs:
 @dataclass
 class Targets:
     """Ground truth for a batch: per image `boxes` [G, 4] xyxy relative to the network input and
-    `labels` [G] in 1..C-1. `difficult` [G] bool (excluded from evaluation, kept for training only
-    when the data config asks)."""
+    `labels` [G] in 1..C-1 (0 is the background). Boxes marked difficult in the annotations are
+    left out unless `data.use_difficult` (see `ssd.data.loader.collate`); evaluation reads the
+    difficult flags from the records."""
 
     boxes: list[Tensor]
     labels: list[Tensor]

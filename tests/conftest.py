@@ -1,7 +1,9 @@
-"""Shared test fixtures: the repository root and a small, fast SSD512 configuration."""
+"""Shared test fixtures: the repository root, the real data sets (when present) and a small,
+fast SSD512 configuration."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,16 @@ from ssd.config import Config, replace
 from ssd.data.labelme import TIANCHI_CLASSES
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The real data sets, outside the repository: a copy of NEU-DET (VOC XML; `SSD_NEU_ROOT`) and a COCO
+# JSON of Tianchi boxes (`SSD_TIANCHI_BOXES`). Tests that need them skip when they are absent.
+DATA_ROOT = Path(os.environ.get("SSD_TEST_DATA", REPO.parent / "shared" / "data"))
+NEU_ROOT = Path(os.environ.get("SSD_NEU_ROOT", DATA_ROOT / "neu-det"))
+TIANCHI_BOXES = Path(os.environ.get("SSD_TIANCHI_BOXES", DATA_ROOT / "tianchi-boxes" / "boxes.json"))
+needs_neu = pytest.mark.skipif(not (NEU_ROOT / "ANNOTATIONS").is_dir(), reason=f"NEU-DET not at {NEU_ROOT}")
+needs_tianchi = pytest.mark.skipif(
+    not TIANCHI_BOXES.is_file(), reason=f"Tianchi boxes not at {TIANCHI_BOXES}"
+)
 
 # The smallest input with the SSD512 layout of feature maps (64/32/16/8/4/2/1 at 512 -> 34/17/9/5/3/2/1):
 # the `priors` section of the tiny training configs.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds = [int(v) for v in args.seeds.split(",") if v.strip()] if args.seeds else None
     except ValueError:
         return fail(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
-    bars: dict[str, tqdm] = {}
+    bars: dict[str, tqdm[Any]] = {}
 
     def progress(name: str, it: int, scalars: dict[str, float]) -> None:
         if args.quiet:
@@ -78,10 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         for bar in bars.values():
             bar.close()
     if args.json:
-        print_json(report)
+        print_json(report.to_dict())
     else:
-        print(Path(report["files"]["markdown"]).read_text(encoding="utf-8"))
-        print(f"report: {report['files']['markdown']}")
+        print(Path(report.files["markdown"]).read_text(encoding="utf-8"))
+        print(f"report: {report.files['markdown']}")
     return 0
 
 

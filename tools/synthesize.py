@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--workers must be positive, got {args.workers}")
         start = time.perf_counter()
         with tqdm(total=num, desc="synthesize", unit="img", disable=args.json, file=sys.stderr) as bar:
-            summary = generate_dataset(
+            made = generate_dataset(
                 out, num, size, seed, val_fraction, workers=args.workers, progress=bar.update
             )
         elapsed = time.perf_counter() - start
@@ -75,23 +75,21 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(exc))
     except OSError as exc:
         return fail(f"{args.out}: {exc}")
-    summary["out"] = str(out)
-    summary["seconds"] = round(elapsed, 3)
-    summary["images_per_minute"] = round(60.0 * num / elapsed, 1) if elapsed > 0 else None
-    summary["workers"] = args.workers
+    per_minute = round(60.0 * num / elapsed, 1) if elapsed > 0 else None
     if args.json:
-        print_json(summary)
+        extra = {"out": str(out), "seconds": round(elapsed, 3), "images_per_minute": per_minute}
+        print_json({**made.to_dict(), **extra, "workers": args.workers})
     else:
         print(
             f"wrote {num} images ({size[0]}x{size[1]}, seed {seed}) to {out} in {elapsed:.1f} s "
-            f"({summary['images_per_minute']} images/min, {args.workers} worker(s))"
+            f"({per_minute} images/min, {args.workers} worker(s))"
         )
         print(
-            f"train {summary['train_images']}, val {summary['val_images']}, "
-            f"multi-defect {summary['multi_defect_images']}, defect-free {summary['defect_free_images']}"
+            f"train {made.train_images}, val {made.val_images}, "
+            f"multi-defect {made.multi_defect_images}, defect-free {made.defect_free_images}"
         )
-        for cls, n in summary["images_per_class"].items():
-            print(f"  {cls:20s} images {n:5d}  boxes {summary['boxes_per_class'][cls]:5d}")
+        for cls, n in made.images_per_class.items():
+            print(f"  {cls:20s} images {n:5d}  boxes {made.boxes_per_class[cls]:5d}")
     return 0
 
 

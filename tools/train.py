@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         "skipped_steps": result.skipped_steps,
         "skipped_images": result.skipped_images,
         "learned_config": str(result.learned_config) if result.learned_config else None,
-        "report": result.report,
+        "report": result.report.to_dict() if result.report is not None else None,
     }
     if args.json:
         print_json(summary)
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if result.report is not None:
             print(f"final model (iteration {result.iteration}) on the val split:")
-            print(summary_text(result.report), end="")
+            print(summary_text(result.report.to_dict()), end="")
         best = "n/a" if result.best_map is None else f"{result.best_map:.4f}"
         print(f"done: {result.iteration} iterations, best mAP {best}, run in {result.output_dir} "
               "(report.md, results.json)")  # fmt: skip

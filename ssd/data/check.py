@@ -338,14 +338,6 @@ def check_record(
     return out
 
 
-def inspect_image(path: Path, decode: bool = False) -> tuple[int, int, int]:
-    """(width, height, channels) of an image file as it is read (EXIF orientation applied):
-    from its header, or after decoding every pixel (`decode`: finds truncated and corrupt
-    files). Raises DatasetError naming the file (kind missing_image or unreadable_image)."""
-    info = probe_image(path, decode)
-    return info.width, info.height, info.channels
-
-
 def check_image(rec: Record, decode: bool = False, split: str | None = None) -> list[Problem]:
     """Image-level problems of one record: missing or unreadable file (not decoding with
     `decode`; too large for PIL's decompression-bomb guard), size differing from the

@@ -51,7 +51,6 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -487,7 +486,8 @@ def _surface(rng: np.random.Generator, h: int, w: int, unit: float) -> np.ndarra
     grain = int(rng.integers(3, 7))
     lum += rng.integers(-grain, grain + 1, size=(h, w), dtype=np.int8)
     tint = _TINTS[int(rng.integers(len(_TINTS)))] * rng.uniform(0.97, 1.03, 3).astype(np.float32)
-    return lum[..., None] * tint
+    image: np.ndarray = lum[..., None] * tint
+    return image
 
 
 # --------------------------------------------------------------------------- one image
@@ -552,11 +552,11 @@ def _labelme_json(
     file_name: str,
     size: tuple[int, int],
     boxes: list[tuple[str, tuple[int, int, int, int]]],
-) -> dict[str, Any]:
+) -> dict[str, object]:
     """A LabelMe document; rectangles are written in the forms seen in the wild: 2 opposite
     corners or 4 corners, in a random order and starting corner, some as polygons with extra
     points on the edges (all reduce to the same bounding box)."""
-    shapes: list[dict[str, Any]] = []
+    shapes: list[dict[str, object]] = []
     for cls, (x1, y1, x2, y2) in boxes:
         corners = [[x1, y1], [x2, y1], [x2, y2], [x1, y2]]
         kind = rng.random()
@@ -619,7 +619,8 @@ def _allocate(total: int, weights: np.ndarray, at_least_one: bool) -> list[int]:
     order = np.argsort(-(share - np.floor(share)), kind="stable")
     for i in order[: total - int(counts.sum())]:
         counts[i] += 1
-    return counts.tolist()
+    out: list[int] = counts.tolist()
+    return out
 
 
 def plan_dataset(num_images: int, seed: int) -> list[tuple[str, ...]]:
@@ -652,6 +653,42 @@ def _split(folders: list[str], val_fraction: float, rng: np.random.Generator) ->
     }
 
 
+@dataclass(frozen=True)
+class SyntheticSummary:
+    """What `generate_dataset` wrote (also `synthetic.json`, see `to_dict`): its parameters,
+    images and boxes per class, multi-defect and defect-free image counts, split sizes."""
+
+    num_images: int
+    size: tuple[int, int]  # (width, height)
+    seed: int
+    val_fraction: float
+    images_per_class: dict[str, int]
+    boxes_per_class: dict[str, int]
+    multi_defect_images: int
+    defect_free_images: int
+    train_images: int
+    val_images: int
+    generator: str = "ssd.data.synthetic"
+    version: int = GENERATOR_VERSION
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON form (`synthetic.json`, `tools/synthesize.py --json`)."""
+        return {
+            "generator": self.generator,
+            "version": self.version,
+            "num_images": self.num_images,
+            "size": list(self.size),
+            "seed": self.seed,
+            "val_fraction": self.val_fraction,
+            "images_per_class": dict(self.images_per_class),
+            "boxes_per_class": dict(self.boxes_per_class),
+            "multi_defect_images": self.multi_defect_images,
+            "defect_free_images": self.defect_free_images,
+            "train_images": self.train_images,
+            "val_images": self.val_images,
+        }
+
+
 def generate_dataset(
     out_dir: Path,
     num_images: int,
@@ -660,8 +697,8 @@ def generate_dataset(
     val_fraction: float = 0.2,
     *,
     workers: int = 1,
-    progress: Callable[[int], None] | None = None,
-) -> dict[str, Any]:
+    progress: Callable[[int], object] | None = None,
+) -> SyntheticSummary:
     """Write `num_images` synthetic images of `size` = (width, height) in the Tianchi layout under
     `out_dir` (see the module docstring); returns (and writes to `synthetic.json`) a summary:
     parameters, images and boxes per class, multi-defect and defect-free counts, split sizes.
@@ -703,21 +740,20 @@ def generate_dataset(
             images_per_class[cls] += 1
         for cls, _ in boxes:
             boxes_per_class[cls] += 1
-    summary: dict[str, Any] = {
-        "generator": "ssd.data.synthetic",
-        "version": GENERATOR_VERSION,
-        "num_images": num_images,
-        "size": [width, height],
-        "seed": seed,
-        "val_fraction": val_fraction,
-        "images_per_class": images_per_class,
-        "boxes_per_class": boxes_per_class,
-        "multi_defect_images": sum(len({c for c, _ in b}) > 1 for b in results),
-        "defect_free_images": sum(not c for c in plan),
-        "train_images": num_images - len(val),
-        "val_images": len(val),
-    }
-    (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8")
+    summary = SyntheticSummary(
+        num_images=num_images,
+        size=(width, height),
+        seed=seed,
+        val_fraction=val_fraction,
+        images_per_class=images_per_class,
+        boxes_per_class=boxes_per_class,
+        multi_defect_images=sum(len({c for c, _ in b}) > 1 for b in results),
+        defect_free_images=sum(not c for c in plan),
+        train_images=num_images - len(val),
+        val_images=len(val),
+    )
+    text = json.dumps(summary.to_dict(), ensure_ascii=False, indent=2)
+    (out_dir / SUMMARY_FILE).write_text(text, encoding="utf-8")
     for name, chosen in (
         ("val.txt", sorted(val)),
         ("train.txt", [i for i in range(num_images) if i not in val]),

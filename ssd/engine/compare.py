@@ -17,6 +17,7 @@ detections are saved is neither trained nor evaluated again.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -33,6 +34,7 @@ from ssd.data.loader import build_records
 from ssd.engine.checkpoint import load_checkpoint, model_weights
 from ssd.engine.evaluate import evaluate_model, predict_split, score
 from ssd.engine.train import train
+from ssd.evaluation.bootstrap import BootstrapSummary
 from ssd.modeling.build import build_model
 from ssd.modeling.ssd import SSD
 from ssd.priors.fit import BoxSet, fit_report, records_to_boxes
@@ -239,6 +241,93 @@ def run_seed(
     return SeedRun(seed, metrics, captured["dets"], final_cfg, run_dir, result.last_checkpoint, map_untrained)
 
 
+@dataclass(frozen=True)
+class CompareBase:
+    """The base run of a comparison: data, schedule, seeds, box counts, bootstrap settings."""
+
+    data: str
+    format: str
+    image_size: int
+    width_mult: float
+    max_iters: int
+    batch_size: int
+    seed: int
+    seeds: list[int]
+    num_train_boxes: int
+    num_val_boxes: int
+    num_val_images: int
+    bootstrap: BootstrapSummary | None
+
+    def to_dict(self) -> dict[str, object]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["bootstrap"] = None if self.bootstrap is None else self.bootstrap.to_dict()
+        return out
+
+
+@dataclass(frozen=True)
+class VariantReport:
+    """One variant of a comparison: mAP over the seeds (mean, sd, each), per-class AP, speed, how
+    its priors fit the validation boxes, its files; against the original (when compared) the mAP
+    difference, its paired bootstrap interval and the verdict read from it."""
+
+    map: float
+    map_sd: float | None
+    maps: list[float]
+    seeds: list[int]
+    map_untrained: float | None
+    per_class_ap: dict[str, float | None]
+    metric: str
+    fps: float | None
+    network_fps: float | None
+    fps_device: str
+    num_priors: int
+    boxes_per_cell: int
+    mean_iou_grid: float
+    mean_iou_shape: float
+    recall: float
+    recall_expected: float
+    positives_per_gt: float
+    fit: dict[str, Any]  # the fit report's per_class, per_size, per_level and unmatched tables
+    config: str
+    checkpoints: list[str]
+    fit_info: dict[str, Any]  # what the prior optimizer reported
+    description: str
+    fit_before_training: dict[str, Any] | None = None  # learned variants: the initial shapes' fit
+    delta_map: float | None = None
+    delta_ci: tuple[float, float] | None = None
+    verdict: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON form (report.json); the optional keys only when set."""
+        out: dict[str, object] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in _OPTIONAL_VARIANT_KEYS and value is None:
+                continue
+            out[f.name] = list(value) if f.name == "delta_ci" else value
+        return out
+
+
+_OPTIONAL_VARIANT_KEYS = ("fit_before_training", "delta_map", "delta_ci", "verdict")
+
+
+@dataclass(frozen=True)
+class CompareReport:
+    """What `compare` measured (report.json is `to_dict()`) and the files it wrote (report.md,
+    plots) by key."""
+
+    base: CompareBase
+    variants: dict[str, VariantReport]
+    files: dict[str, str]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "base": self.base.to_dict(),
+            "variants": {name: v.to_dict() for name, v in self.variants.items()},
+            "files": dict(self.files),
+        }
+
+
 def compare(
     base: Config,
     output_dir: str | Path,
@@ -251,9 +340,9 @@ def compare(
     bootstrap: int = 1000,
     bootstrap_seed: int = 0,
     untrained: bool = True,
-) -> dict[str, Any]:
+) -> CompareReport:
     """Fit, train (each of `seeds`, default: the base seed), evaluate and benchmark each variant;
-    returns the report dict (also written to `output_dir/report.json`, with report.md and plots
+    returns the report (its `to_dict()` is also written to `output_dir/report.json`, with report.md and plots
     beside it). `bootstrap`: resamples of the paired interval against the original (0: none);
     `bench_iters` 0 skips the FPS benchmark; `untrained=False` skips the chance level (the
     untrained network's mAP, one more evaluation per variant)."""
@@ -293,23 +382,21 @@ def compare(
     empty = Detections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long))
     counts = resample_counts(len(gts), bootstrap, bootstrap_seed) if bootstrap else None
 
-    report: dict[str, Any] = {
-        "base": {
-            "data": base.data.root,
-            "format": base.data.format,
-            "image_size": size,
-            "width_mult": base.model.width_mult,
-            "max_iters": base.train.max_iters,
-            "batch_size": base.train.batch_size,
-            "seed": base.seed,
-            "seeds": seed_list,
-            "num_train_boxes": train_boxes.num_boxes,
-            "num_val_boxes": val_boxes.num_boxes,
-            "num_val_images": len(gts),
-            "bootstrap": bootstrap_summary(bootstrap, bootstrap_seed) if bootstrap else None,
-        },
-        "variants": {},
-    }
+    base_info = CompareBase(
+        data=base.data.root,
+        format=base.data.format,
+        image_size=size,
+        width_mult=base.model.width_mult,
+        max_iters=base.train.max_iters,
+        batch_size=base.train.batch_size,
+        seed=base.seed,
+        seeds=seed_list,
+        num_train_boxes=train_boxes.num_boxes,
+        num_val_boxes=val_boxes.num_boxes,
+        num_val_images=len(gts),
+        bootstrap=bootstrap_summary(bootstrap, bootstrap_seed) if bootstrap else None,
+    )
+    entries: dict[str, VariantReport] = {}
     curves: dict[str, list[tuple[int, float]]] = {}
     prior_shapes: dict[str, list[list[tuple[float, float]]]] = {}
     boot: dict[str, list[np.ndarray]] = {}
@@ -332,69 +419,72 @@ def compare(
                 boot[name].append(resampled_map(matches, counts, metric))
         grid = PriorSet.from_config(first.final_cfg.priors)
         fit_after = fit_report(grid, val_boxes, classes).to_dict() if kind == "learned" else fit_before
-        entry: dict[str, Any] = {
-            "map": float(np.mean(maps)),
-            "map_sd": float(np.std(maps, ddof=1)) if len(maps) > 1 else None,
-            "maps": maps,
-            "seeds": seed_list,
-            "map_untrained": first.map_untrained,
-            "per_class_ap": {
-                c: _mean_or_none([r.metrics["per_class_ap"].get(c) for r in runs]) for c in classes
-            },
-            "metric": first.metrics.get("metric", metric),
-        }
+        fps: float | None = None
+        network_fps: float | None = None
         if bench_iters > 0:
             model = _final_model(first.final_cfg, first.checkpoint, dev)
             bench = benchmark(
                 model, model.priors(), build_pipeline_settings(first.final_cfg), batch_size=1,
                 device=bench_dev, warmup=3, iters=bench_iters, flops=False,
             )  # fmt: skip
-            entry |= {"fps": float(bench["end_to_end_fps"]), "network_fps": float(bench["network_fps"])}
-        else:
-            entry |= {"fps": None, "network_fps": None}
-        entry |= {
-            "fps_device": str(bench_dev),
-            "num_priors": int(fit_after["num_priors"]),
-            "boxes_per_cell": int(fit_after["boxes_per_cell"]),
-            "mean_iou_grid": float(fit_after["mean_iou_grid"]),
-            "mean_iou_shape": float(fit_after["mean_iou_shape"]),
-            "recall": float(fit_after["recall"]),
-            "recall_expected": float(fit_after["recall_expected"]),
-            "positives_per_gt": float(fit_after["positives_per_gt"]),
-            "fit": {k: fit_after[k] for k in ("per_class", "per_size", "per_level", "unmatched")},
-            "config": str(first.run_dir / "config.yaml")
+            fps, network_fps = float(bench["end_to_end_fps"]), float(bench["network_fps"])
+        fit_keys = ("mean_iou_grid", "mean_iou_shape", "recall", "recall_expected", "positives_per_gt")
+        entry = VariantReport(
+            map=float(np.mean(maps)),
+            map_sd=float(np.std(maps, ddof=1)) if len(maps) > 1 else None,
+            maps=maps,
+            seeds=seed_list,
+            map_untrained=first.map_untrained,
+            per_class_ap={
+                c: _mean_or_none([r.metrics["per_class_ap"].get(c) for r in runs]) for c in classes
+            },
+            metric=first.metrics.get("metric", metric),
+            fps=fps,
+            network_fps=network_fps,
+            fps_device=str(bench_dev),
+            num_priors=int(fit_after["num_priors"]),
+            boxes_per_cell=int(fit_after["boxes_per_cell"]),
+            mean_iou_grid=float(fit_after["mean_iou_grid"]),
+            mean_iou_shape=float(fit_after["mean_iou_shape"]),
+            recall=float(fit_after["recall"]),
+            recall_expected=float(fit_after["recall_expected"]),
+            positives_per_gt=float(fit_after["positives_per_gt"]),
+            fit={k: fit_after[k] for k in ("per_class", "per_size", "per_level", "unmatched")},
+            config=str(first.run_dir / "config.yaml")
             if kind != "learned"
             else json.loads((first.run_dir / RESULT_FILE).read_text(encoding="utf-8"))["final_config"],
-            "checkpoints": [str(r.checkpoint) for r in runs],
-            "fit_info": fit_info,
-            "description": describe(name),
-        }
-        if kind == "learned":
-            entry["fit_before_training"] = {
-                k: fit_before[k]
-                for k in ("mean_iou_grid", "mean_iou_shape", "recall", "recall_expected", "positives_per_gt")
-            }
+            checkpoints=[str(r.checkpoint) for r in runs],
+            fit_info=fit_info,
+            description=describe(name),
+            fit_before_training={k: fit_before[k] for k in fit_keys} if kind == "learned" else None,
+        )
         prior_shapes[name] = [list(level) for level in grid.shapes]
         curves[name] = _loss_curve(first.run_dir)
-        report["variants"][name] = entry
-        log.info("variant %s: mAP %.4f (seeds %s)", name, entry["map"], maps)
+        entries[name] = entry
+        log.info("variant %s: mAP %.4f (seeds %s)", name, entry.map, maps)
 
-    ref = report["variants"].get(REFERENCE)
-    for name, entry in report["variants"].items():
+    ref = entries.get(REFERENCE)
+    for name, entry in entries.items():
         if ref is None or name == REFERENCE:
             continue
-        entry["delta_map"] = entry["map"] - ref["map"]
+        delta = entry.map - ref.map
         if counts is not None:
             ci = paired_interval(boot[name], boot[REFERENCE])
-            entry["delta_ci"] = [ci[0], ci[1]]
-            entry["verdict"] = verdict(ci)
+            entries[name] = dataclasses.replace(
+                entry, delta_map=delta, delta_ci=(ci[0], ci[1]), verdict=verdict(ci)
+            )
+        else:
+            entries[name] = dataclasses.replace(entry, delta_map=delta)
     if ref is None:
         log.warning("no %r variant: no differences or intervals reported", REFERENCE)
 
     from ssd.evaluation.comparison import write_comparison
 
-    report["files"] = write_comparison(report, curves, prior_shapes, val_boxes, classes, out)
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=_json_default), encoding="utf-8")
+    partial = {"base": base_info.to_dict(), "variants": {n: e.to_dict() for n, e in entries.items()}}
+    files = write_comparison(partial, curves, prior_shapes, val_boxes, classes, out)
+    report = CompareReport(base_info, entries, files)
+    text = json.dumps(report.to_dict(), indent=2, default=_json_default)
+    (out / "report.json").write_text(text, encoding="utf-8")
     return report
 
 

@@ -11,6 +11,12 @@ world_size`. The loss is normalised by the global counts (`_global_loss`), so th
 gradient equals the single-process gradient of the global batch. Rank 0 alone writes
 config.yaml, checkpoints, TensorBoard and metrics.jsonl and runs evaluation; the skip and stop
 decisions are all-reduced, so the processes never diverge.
+
+Reading order: `train` (device, run folder, process group) -> `_train`, the loop itself, on one
+screen -> `_Trainer`, whose methods are the pieces of an iteration (`step`: forward, loss,
+backward, AMP, gradient clipping and the skip of a non-finite step; `log_step`;
+`checkpoint_and_evaluate`; `stop_if_signalled`) and of a run (`resume`, `save`, `finish`) ->
+`_RunLog` (TensorBoard and metrics.jsonl) and the building blocks above them.
 """
 
 from __future__ import annotations
@@ -40,11 +46,13 @@ from ssd.engine.runtime import DeviceCaps, apply_cudnn_benchmark, resolve_train_
 from ssd.losses import LossOutput, MultiBoxLoss, PriorAids
 from ssd.modeling.build import build_model, export_learned_priors
 from ssd.modeling.ssd import SSD
-from ssd.structures import Batch, Targets
+from ssd.structures import Batch, Detections, HeadOutputs, Targets
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, dict[str, float]], None]
+# evaluate_fn(model, cfg, device) -> metrics with "mAP" (and "per_class_ap")
+EvaluateFn = Callable[[SSD, Config, torch.device], dict[str, Any]]
 
 
 class TrainingError(RuntimeError):
@@ -112,7 +120,7 @@ class TrainResult:
     # training samples replaced because their image could not be read (data.skip_invalid), by
     # image id: how many times each was skipped in this process's run
     skipped_images: dict[str, int] = field(default_factory=dict)
-    report: dict[str, Any] | None = None  # the final model's report (also report.md / results.json)
+    report: RunReport | None = None  # the final model's report (also report.md / results.json)
     prior_check: PriorCheck | None = None  # the prior check at the start (also prior_check.json)
     config: Config | None = None  # the config trained with (auto_priors: with the fitted priors)
 
@@ -234,7 +242,7 @@ def train(
     device: str | torch.device = "cpu",
     resume: bool | str | Path = False,
     progress: ProgressFn | None = None,
-    evaluate_fn: Callable[[SSD, Config, torch.device], dict[str, Any]] | None = None,
+    evaluate_fn: EvaluateFn | None = None,
     overwrite: bool = False,
 ) -> TrainResult:
     """Train `cfg` into `output_dir` (config.yaml, last.pt, best.pt, metrics.jsonl, tb/).
@@ -272,261 +280,390 @@ def _train(
     ctx: DistContext,
     resume: bool | str | Path,
     progress: ProgressFn | None,
-    evaluate_fn: Callable[[SSD, Config, torch.device], dict[str, Any]] | None,
+    evaluate_fn: EvaluateFn | None,
 ) -> TrainResult:
+    """The loop: one `_Trainer.step` per iteration, then its logging, checkpoint and evaluation;
+    a signal stops it between steps with a checkpoint."""
     out.mkdir(parents=True, exist_ok=True)
-    dev = ctx.device
-    prior_check: PriorCheck | None = None
-    if resume and cfg.train.auto_priors is not None:
-        cfg = _resumed_auto_priors(cfg, out / "last.pt" if resume is True else Path(resume))
-    elif not resume and (cfg.train.prior_check or cfg.train.auto_priors is not None):
-        from ssd.engine.prior_check import check_priors
-
-        with ctx.main_first():  # rank 0 may generate the synthetic dataset; the others then read it
-            cfg, prior_check = check_priors(cfg, out if ctx.is_main else None)
+    cfg, prior_check = _prepare_config(cfg, out, ctx, resume)
     torch.manual_seed(cfg.seed)  # model initialisation; data randomness has its own generators
     if ctx.distributed:
         log.info(
             "data-parallel: rank %d of %d on %s, %d images per process, global batch %d",
-            ctx.rank, ctx.world_size, dev, cfg.train.batch_size, cfg.train.batch_size * ctx.world_size,
+            ctx.rank, ctx.world_size, ctx.device, cfg.train.batch_size, cfg.train.batch_size * ctx.world_size,
         )  # fmt: skip
-
-    model = build_model(cfg).to(dev)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, cfg)
-    runtime = resolve_train_runtime(cfg, DeviceCaps.of(dev))  # amp, cuDNN autotuning, pinned memory
-    log.info("runtime on %s: %s", dev, runtime.as_dict())
-    if dev.type == "cuda":
-        apply_cudnn_benchmark(runtime.cudnn_benchmark)
-    scaler = torch.amp.GradScaler(dev.type, enabled=runtime.grad_scaler)
-    criterion = MultiBoxLoss(
-        cfg.matcher.iou_threshold, cfg.loss.neg_pos_ratio, cfg.priors.variances, cfg.loss.loc_weight
-    )
-    aids = PriorAids.from_config(cfg) if cfg.priors.learnable else None
-    ema = build_ema(model, cfg) if cfg.train.ema else None
-    eval_model = model if ema is None else typing.cast(SSD, ema.module)  # what evaluation sees
-
-    start = 0
-    best_map: float | None = None
-    skipped_total = 0
-    last_path = out / "last.pt"
-    best_path = out / "best.pt"
+    trainer = _Trainer(cfg, out, ctx)
     if resume:  # every process loads the same checkpoint
-        ckpt_path = last_path if resume is True else Path(resume)
-        state = load_checkpoint(ckpt_path, map_location=dev)
-        _check_resume_config(state, cfg, ckpt_path, ctx.world_size)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        start = int(state["iteration"])
-        best_map = state.get("best_map")
-        skipped_total = int(state.get("skipped_steps", 0))
-        if ema is not None:
-            if not isinstance(state.get("ema"), dict):
-                raise CheckpointError(f"{ckpt_path}: train.ema is on but the checkpoint has no EMA weights")
-            ema.module.load_state_dict(state["ema"]["model"])
-            ema.n_averaged.fill_(int(state["ema"]["updates"]))
-        log.info("resumed from %s at iteration %d", ckpt_path, start)
-        if ctx.is_main:
-            dropped = truncate_metrics(out / "metrics.jsonl", start)
-            if dropped:
-                log.info("metrics.jsonl: dropped %d rows past the checkpoint's iteration %d", dropped, start)
+        trainer.resume(trainer.last_path if resume is True else Path(resume))
     elif ctx.is_main:
         save_config(cfg, out / "config.yaml")
-    # What the step calls: `model` itself, or DistributedDataParallel(model) (gradient averaging).
-    # `model` stays the plain SSD for priors(), checkpoints, evaluation and prior export.
-    net = ctx.wrap(model, sync_bn=cfg.train.sync_bn)
-
-    writer = _summary_writer(out / "tb") if ctx.is_main else _NullWriter()
-    metrics_file = (out / "metrics.jsonl" if ctx.is_main else Path(os.devnull)).open("a", encoding="utf-8")
-    history: list[dict[str, float]] = []
-
-    def checkpoint(it: int, path: Path) -> Path:
-        if not ctx.is_main:  # one writer
-            return path
-        return save_checkpoint(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                "iteration": it,
-                "rng": rng_state(),
-                "config": config_to_dict(cfg),
-                "class_names": list(cfg.data.classes),
-                "best_map": best_map,
-                "skipped_steps": skipped_total,
-                "world_size": ctx.world_size,
-                "ema": None if ema is None else {
-                    "model": ema.module.state_dict(), "updates": int(ema.n_averaged)
-                },
-                "runtime": runtime.as_dict(),
-            },
-            path,
-        )
-
-    if evaluate_fn is None:
-        from ssd.engine.evaluate import predict_split, score_with_result
-
-        def evaluate_fn(m: SSD, c: Config, d: torch.device) -> dict[str, Any]:
-            detections = predict_split(m, c, "val", d)
-            summary, result = score_with_result(c, "val", detections)
-            _log_eval_visuals(writer, c, result, detections.detections, it)  # `it`: the iteration evaluated
-            return summary
-
-    final_metrics: dict[str, Any] | None = None
-    it = start
-    bad_in_row = 0
-    with ctx.main_first():  # rank 0 may generate the synthetic dataset; the others then read it
-        loader = (
-            build_train_loader(cfg, start, ctx.rank, ctx.world_size) if start < cfg.train.max_iters else None
-        )
-    batches: Iterator[Batch] = checked(loader) if loader is not None else iter(())
-    skipped_images: dict[str, int] = {}
-    t_last = time.perf_counter()
+    trainer.wrap()
+    run_log = _RunLog(out, ctx.is_main)
     try:
+        evaluate = evaluate_fn if evaluate_fn is not None else _default_evaluate(trainer, run_log)
+        batches = _train_batches(cfg, ctx, trainer.iteration)
+        trainer.start_clock()
         with _SignalGuard() as guard:
-            while it < cfg.train.max_iters:
-                if ctx.any_rank(guard.received is not None):  # all processes stop at the same step
-                    path = checkpoint(it, last_path)
-                    ctx.barrier()  # the checkpoint exists before anyone reports it
-                    by = guard.received if guard.received is not None else "(another process)"
-                    log.warning("signal %s: checkpoint written at iteration %d", by, it)
-                    raise TrainingInterrupted(path, it)
+            while trainer.iteration < cfg.train.max_iters:
+                trainer.stop_if_signalled(guard)
                 batch = next(batches)
-                for err in batch.skipped:
-                    name = str(getattr(err, "image_id", None) or getattr(err, "path", err))
-                    skipped_images[name] = skipped_images.get(name, 0) + 1
-                    log.warning("iteration %d: %s; replaced by another sample (data.skip_invalid)", it, err)
-                model.train()
-                lr = set_lr(optimizer, cfg.train.lr, lr_factor(it, cfg))
-                images = batch.images.to(dev, non_blocking=runtime.non_blocking)
-                if cfg.train.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                targets = batch.targets.to(dev)
-                with runtime.autocast(dev.type):
-                    outputs = net(images)
-                priors = model.priors()
-                if aids is not None:
-                    result, extra = aids.loss(criterion, outputs, targets, priors, it)
-                else:
-                    result, extra = criterion(outputs, targets, priors), {}
-                if not ctx.distributed:
-                    loss = result.total + sum(extra.values(), torch.zeros((), device=dev))
-                    finite = bool(torch.isfinite(loss))
-                    scalars = _scalars(result, extra, lr)
-                else:  # this process holds a slice of the global batch: normalise by global counts
-                    soft_loc = aids is not None and aids.temperature(it) > 0
-                    loss, scalars, finite = _global_loss(
-                        result, extra, targets, priors, soft_loc, cfg.loss.loc_weight, lr, ctx
-                    )
-                if not finite:  # the same decision on every process
-                    bad_in_row += 1
-                    skipped_total += 1
-                    optimizer.zero_grad(set_to_none=True)
-                    log.warning(
-                        "iteration %d: non-finite loss (%s); step skipped (%d in a row, %d in all)",
-                        it, scalars["loss"], bad_in_row, skipped_total,
-                    )  # fmt: skip
-                    writer.add_scalar("train/skipped_steps", skipped_total, it)
-                    if bad_in_row >= cfg.train.max_bad_steps:
-                        raise TrainingError(
-                            f"{bad_in_row} non-finite losses in a row at iteration {it} "
-                            f"(train.max_bad_steps={cfg.train.max_bad_steps}); lower train.lr, check "
-                            "the data with tools/check_dataset.py, or set train.grad_clip"
-                        )
-                    it += 1
+                trainer.note_skipped_images(batch)
+                scalars = trainer.step(batch, run_log)
+                trainer.iteration += 1
+                if scalars is None:  # non-finite loss: the step was skipped
                     continue
-                bad_in_row = 0
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()  # DDP: gradients averaged over processes here
-                if cfg.train.grad_clip is not None:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-                scaler.step(optimizer)
-                if ema is not None:
-                    ema.update_parameters(model)
-                scaler.update()
-                it += 1
-
-                history.append({"iteration": it, **scalars})
-                if progress is not None:
-                    progress(it, scalars)
-                if it % cfg.train.log_every == 0 or it == cfg.train.max_iters:
-                    now = time.perf_counter()
-                    scalars["sec_per_iter"] = (now - t_last) / cfg.train.log_every
-                    t_last = now
-                    for k, v in scalars.items():
-                        writer.add_scalar(f"train/{k}", v, it)
-                    if aids is not None:
-                        aids.log_shapes(writer, model, it)
-                    metrics_file.write(json.dumps({"iteration": it, **scalars}) + "\n")
-                    metrics_file.flush()
-                do_eval = it % cfg.train.eval_every == 0 or it == cfg.train.max_iters
-                if it % cfg.train.checkpoint_every == 0 or it == cfg.train.max_iters or do_eval:
-                    # before evaluating: an evaluation that fails loses nothing of the training
-                    checkpoint(it, last_path)
-                if do_eval:
-                    if ctx.is_main:
-                        with torch.random.fork_rng(devices=[]):  # resuming from last.pt sees the same RNG
-                            final_metrics = evaluate_fn(eval_model, cfg, dev)
-                        m = float(final_metrics["mAP"])
-                        writer.add_scalar("eval/mAP", m, it)
-                        for name, ap in final_metrics.get("per_class_ap", {}).items():
-                            if ap is not None and ap == ap:  # None/NaN: no ground truth
-                                writer.add_scalar(f"eval/AP/{name}", ap, it)
-                        metrics_file.write(json.dumps({"iteration": it, "eval": final_metrics}) + "\n")
-                        metrics_file.flush()
-                        log.info("iteration %d: mAP %.4f", it, m)
-                        if best_map is None or m > best_map:
-                            best_map = m
-                            checkpoint(it, best_path)
-                            checkpoint(it, last_path)  # last.pt knows the new best mAP
-                    best_map, final_metrics = ctx.broadcast((best_map, final_metrics))  # others wait
+                trainer.log_step(scalars, run_log, progress)
+                trainer.checkpoint_and_evaluate(evaluate, run_log)
     finally:
-        writer.close()
-        metrics_file.close()
-    learned_config = None
-    learned_cfg = cfg
-    if cfg.priors.learnable:
-        learned_config = out / "learned_priors.yaml"
-        if ctx.is_main:
-            learned_cfg = export_learned_priors(model, cfg, learned_config)
-            checkpoint(it, last_path)
-            log.info("learned priors frozen and written to %s", learned_config)
-            plot = _plot_learned_shapes(cfg, learned_cfg, out / "learned_priors.png")
-            log.info("initial and learned prior shapes over the training boxes: %s", plot)
-    elif not last_path.exists():  # resumed at max_iters: nothing ran
-        checkpoint(it, last_path)
-    report: dict[str, Any] | None = None
-    if ctx.is_main and final_metrics is not None:
-        report = _final_report(eval_model, learned_cfg, dev, final_metrics, out, it)
-    ctx.barrier()  # rank 0's files are complete before any process returns
+        run_log.close()
+    learned_config, report = trainer.finish()
     return TrainResult(
         output_dir=out,
-        iteration=it,
-        last_checkpoint=last_path,
-        best_checkpoint=best_path if best_path.exists() else None,
-        best_map=best_map,
-        final_metrics=final_metrics,
-        skipped_steps=skipped_total,
-        history=history,
+        iteration=trainer.iteration,
+        last_checkpoint=trainer.last_path,
+        best_checkpoint=trainer.best_path if trainer.best_path.exists() else None,
+        best_map=trainer.best_map,
+        final_metrics=trainer.final_metrics,
+        skipped_steps=trainer.skipped_steps,
+        history=trainer.history,
         learned_config=learned_config,
-        skipped_images=skipped_images,
+        skipped_images=trainer.skipped_images,
         report=report,
         prior_check=prior_check,
         config=cfg,
     )
 
 
+def _prepare_config(
+    cfg: Config, out: Path, ctx: DistContext, resume: bool | str | Path
+) -> tuple[Config, PriorCheck | None]:
+    """The config to train with and the prior check of a new run: `train.auto_priors` fits the
+    priors at the start of a new run (a resumed run reuses the ones in its checkpoint)."""
+    if resume and cfg.train.auto_priors is not None:
+        return _resumed_auto_priors(cfg, out / "last.pt" if resume is True else Path(resume)), None
+    if not resume and (cfg.train.prior_check or cfg.train.auto_priors is not None):
+        from ssd.engine.prior_check import check_priors
+
+        with ctx.main_first():  # rank 0 may generate the synthetic dataset; the others then read it
+            return check_priors(cfg, out if ctx.is_main else None)
+    return cfg, None
+
+
+def _train_batches(cfg: Config, ctx: DistContext, start: int) -> Iterator[Batch]:
+    """This process's training batches from iteration `start` on (none when the run is done)."""
+    with ctx.main_first():  # rank 0 may generate the synthetic dataset; the others then read it
+        loader = (
+            build_train_loader(cfg, start, ctx.rank, ctx.world_size) if start < cfg.train.max_iters else None
+        )
+    return checked(loader) if loader is not None else iter(())
+
+
+class _RunLog:
+    """Where a run's figures go: TensorBoard (`writer`) and metrics.jsonl (one JSON row per
+    logged step or evaluation); rank 0 only, the other processes write nowhere."""
+
+    def __init__(self, out: Path, is_main: bool) -> None:
+        self.writer: Any = _summary_writer(out / "tb") if is_main else _NullWriter()
+        self._metrics = (out / "metrics.jsonl" if is_main else Path(os.devnull)).open("a", encoding="utf-8")
+
+    def row(self, row: dict[str, Any]) -> None:
+        self._metrics.write(json.dumps(row) + "\n")
+        self._metrics.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+        self._metrics.close()
+
+
+def _default_evaluate(trainer: _Trainer, run_log: _RunLog) -> EvaluateFn:
+    """mAP on the val split (`ssd.engine.evaluate`), with PR curves and detections in TensorBoard."""
+    from ssd.engine.evaluate import predict_split, score_with_result
+
+    def evaluate_fn(m: SSD, c: Config, d: torch.device) -> dict[str, Any]:
+        detections = predict_split(m, c, "val", d)
+        summary, result = score_with_result(c, "val", detections)
+        _log_eval_visuals(run_log.writer, c, result, detections.detections, trainer.iteration)
+        return summary
+
+    return evaluate_fn
+
+
+class _Trainer:
+    """A run's model, optimizer and counters, and the pieces of an iteration: `step` (forward,
+    loss, backward with AMP and gradient clipping; a non-finite loss skips it), `log_step`,
+    `checkpoint_and_evaluate`, `stop_if_signalled`; `resume` and `save` read and write the
+    checkpoint, `finish` exports learned priors and writes the final report."""
+
+    def __init__(self, cfg: Config, out: Path, ctx: DistContext) -> None:
+        dev = ctx.device
+        self.cfg, self.out, self.ctx, self.dev = cfg, out, ctx, dev
+        model = build_model(cfg).to(dev)
+        if cfg.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.optimizer = build_optimizer(model, cfg)
+        self.runtime = resolve_train_runtime(cfg, DeviceCaps.of(dev))  # amp, cuDNN autotuning, pinned memory
+        log.info("runtime on %s: %s", dev, self.runtime.as_dict())
+        if dev.type == "cuda":
+            apply_cudnn_benchmark(self.runtime.cudnn_benchmark)
+        self.scaler = torch.amp.GradScaler(dev.type, enabled=self.runtime.grad_scaler)
+        self.criterion = MultiBoxLoss(
+            cfg.matcher.iou_threshold, cfg.loss.neg_pos_ratio, cfg.priors.variances, cfg.loss.loc_weight
+        )
+        self.aids = PriorAids.from_config(cfg) if cfg.priors.learnable else None
+        self.ema = build_ema(model, cfg) if cfg.train.ema else None
+        # what evaluation sees
+        self.eval_model = model if self.ema is None else typing.cast(SSD, self.ema.module)
+        # What the step calls: `model` itself, or DistributedDataParallel(model) (gradient
+        # averaging; see `wrap`). `model` stays the plain SSD for priors(), checkpoints,
+        # evaluation and prior export.
+        self.net: nn.Module = model
+        self.last_path = out / "last.pt"
+        self.best_path = out / "best.pt"
+        self.iteration = 0
+        self.best_map: float | None = None
+        self.final_metrics: dict[str, Any] | None = None
+        self.skipped_steps = 0  # non-finite losses, in all
+        self.bad_in_row = 0  # non-finite losses in a row
+        self.skipped_images: dict[str, int] = {}
+        self.history: list[dict[str, float]] = []
+        self._t_last = time.perf_counter()  # sec_per_iter: since the last logged step
+
+    def start_clock(self) -> None:
+        self._t_last = time.perf_counter()
+
+    # ----------------------------------------------------------------- checkpoint
+
+    def resume(self, path: Path) -> None:
+        """Continue from the training checkpoint `path` (its config must match, see
+        `_check_resume_config`); drop the metrics rows logged after it."""
+        state = load_checkpoint(path, map_location=self.dev)
+        _check_resume_config(state, self.cfg, path, self.ctx.world_size)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.iteration = start = int(state["iteration"])
+        self.best_map = state.get("best_map")
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        if self.ema is not None:
+            if not isinstance(state.get("ema"), dict):
+                raise CheckpointError(f"{path}: train.ema is on but the checkpoint has no EMA weights")
+            self.ema.module.load_state_dict(state["ema"]["model"])
+            self.ema.n_averaged.fill_(int(state["ema"]["updates"]))
+        log.info("resumed from %s at iteration %d", path, start)
+        if self.ctx.is_main:
+            dropped = truncate_metrics(self.out / "metrics.jsonl", start)
+            if dropped:
+                log.info("metrics.jsonl: dropped %d rows past the checkpoint's iteration %d", dropped, start)
+
+    def wrap(self) -> None:
+        """Data parallel: the step calls DistributedDataParallel(model) (after `resume`)."""
+        self.net = self.ctx.wrap(self.model, sync_bn=self.cfg.train.sync_bn)
+
+    def save(self, path: Path) -> Path:
+        """Write everything the run needs to continue exactly to `path` (rank 0 only)."""
+        if not self.ctx.is_main:  # one writer
+            return path
+        ema = self.ema
+        return save_checkpoint(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                "iteration": self.iteration,
+                "rng": rng_state(),
+                "config": config_to_dict(self.cfg),
+                "class_names": list(self.cfg.data.classes),
+                "best_map": self.best_map,
+                "skipped_steps": self.skipped_steps,
+                "world_size": self.ctx.world_size,
+                "ema": None if ema is None else {
+                    "model": ema.module.state_dict(), "updates": int(ema.n_averaged)
+                },
+                "runtime": self.runtime.as_dict(),
+            },
+            path,
+        )  # fmt: skip
+
+    def stop_if_signalled(self, guard: _SignalGuard) -> None:
+        """SIGINT/SIGTERM on any process: all stop at this step with a checkpoint."""
+        if self.ctx.any_rank(guard.received is not None):
+            path = self.save(self.last_path)
+            self.ctx.barrier()  # the checkpoint exists before anyone reports it
+            by = guard.received if guard.received is not None else "(another process)"
+            log.warning("signal %s: checkpoint written at iteration %d", by, self.iteration)
+            raise TrainingInterrupted(path, self.iteration)
+
+    # ----------------------------------------------------------------- the step
+
+    def note_skipped_images(self, batch: Batch) -> None:
+        """Count and log the samples the loader replaced (unreadable images, data.skip_invalid)."""
+        for err in batch.skipped:
+            name = str(getattr(err, "image_id", None) or getattr(err, "path", err))
+            self.skipped_images[name] = self.skipped_images.get(name, 0) + 1
+            log.warning(
+                "iteration %d: %s; replaced by another sample (data.skip_invalid)", self.iteration, err
+            )
+
+    def step(self, batch: Batch, run_log: _RunLog) -> dict[str, float] | None:
+        """One optimizer step on `batch` at `self.iteration`: the loss terms logged, or None when
+        the (global) loss is not finite and the step was skipped."""
+        cfg, dev, it, optimizer, scaler = self.cfg, self.dev, self.iteration, self.optimizer, self.scaler
+        self.model.train()
+        lr = set_lr(optimizer, cfg.train.lr, lr_factor(it, cfg))
+        images = batch.images.to(dev, non_blocking=self.runtime.non_blocking)
+        if cfg.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        targets = batch.targets.to(dev)
+        with self.runtime.autocast(dev.type):
+            outputs = self.net(images)
+        loss, scalars, finite = self._loss(outputs, targets, lr)
+        if not finite:  # the same decision on every process
+            self._skip_step(scalars, run_log)
+            return None
+        self.bad_in_row = 0
+        optimizer.zero_grad(set_to_none=True)
+        torch.autograd.backward(scaler.scale(loss))  # DDP: gradients averaged over processes here
+        if cfg.train.grad_clip is not None:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+        scaler.step(optimizer)
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        scaler.update()
+        return scalars
+
+    def _loss(
+        self, outputs: HeadOutputs, targets: Targets, lr: float
+    ) -> tuple[torch.Tensor, dict[str, float], bool]:
+        """(the loss to back-propagate, the loss terms to log, whether the loss is finite)."""
+        it, aids = self.iteration, self.aids
+        priors = self.model.priors()
+        if aids is not None:
+            result, extra = aids.loss(self.criterion, outputs, targets, priors, it)
+        else:
+            result, extra = self.criterion(outputs, targets, priors), {}
+        if not self.ctx.distributed:
+            loss = result.total + sum(extra.values(), torch.zeros((), device=self.dev))
+            return loss, _scalars(result, extra, lr), bool(torch.isfinite(loss))
+        # this process holds a slice of the global batch: normalise by global counts
+        soft_loc = aids is not None and aids.temperature(it) > 0
+        return _global_loss(result, extra, targets, priors, soft_loc, self.cfg.loss.loc_weight, lr, self.ctx)
+
+    def _skip_step(self, scalars: dict[str, float], run_log: _RunLog) -> None:
+        """A non-finite loss: no update; too many in a row stop the run (`TrainingError`)."""
+        it, max_bad = self.iteration, self.cfg.train.max_bad_steps
+        self.bad_in_row += 1
+        self.skipped_steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        log.warning(
+            "iteration %d: non-finite loss (%s); step skipped (%d in a row, %d in all)",
+            it, scalars["loss"], self.bad_in_row, self.skipped_steps,
+        )  # fmt: skip
+        run_log.writer.add_scalar("train/skipped_steps", self.skipped_steps, it)
+        if self.bad_in_row >= max_bad:
+            raise TrainingError(
+                f"{self.bad_in_row} non-finite losses in a row at iteration {it} "
+                f"(train.max_bad_steps={max_bad}); lower train.lr, check "
+                "the data with tools/check_dataset.py, or set train.grad_clip"
+            )
+
+    # ----------------------------------------------------------------- after the step
+
+    def log_step(self, scalars: dict[str, float], run_log: _RunLog, progress: ProgressFn | None) -> None:
+        """History and progress every step; TensorBoard and metrics.jsonl every `log_every`."""
+        it, t = self.iteration, self.cfg.train
+        self.history.append({"iteration": it, **scalars})
+        if progress is not None:
+            progress(it, scalars)
+        if it % t.log_every == 0 or it == t.max_iters:
+            now = time.perf_counter()
+            scalars["sec_per_iter"] = (now - self._t_last) / t.log_every
+            self._t_last = now
+            for k, v in scalars.items():
+                run_log.writer.add_scalar(f"train/{k}", v, it)
+            if self.aids is not None:
+                self.aids.log_shapes(run_log.writer, self.model, it)
+            run_log.row({"iteration": it, **scalars})
+
+    def checkpoint_and_evaluate(self, evaluate_fn: EvaluateFn, run_log: _RunLog) -> None:
+        """last.pt every `checkpoint_every`; evaluation (and best.pt) every `eval_every`; both at the end."""
+        it, t = self.iteration, self.cfg.train
+        do_eval = it % t.eval_every == 0 or it == t.max_iters
+        if it % t.checkpoint_every == 0 or it == t.max_iters or do_eval:
+            # before evaluating: an evaluation that fails loses nothing of the training
+            self.save(self.last_path)
+        if do_eval:
+            self.evaluate(evaluate_fn, run_log)
+
+    def evaluate(self, evaluate_fn: EvaluateFn, run_log: _RunLog) -> None:
+        """Evaluate the model (the EMA weights if on) on rank 0, log it, keep best.pt; the other
+        processes receive the result."""
+        ctx, it = self.ctx, self.iteration
+        if ctx.is_main:
+            with torch.random.fork_rng(devices=[]):  # resuming from last.pt sees the same RNG
+                metrics = self.final_metrics = evaluate_fn(self.eval_model, self.cfg, self.dev)
+            m = float(metrics["mAP"])
+            run_log.writer.add_scalar("eval/mAP", m, it)
+            for name, ap in metrics.get("per_class_ap", {}).items():
+                if ap is not None and ap == ap:  # None/NaN: no ground truth
+                    run_log.writer.add_scalar(f"eval/AP/{name}", ap, it)
+            run_log.row({"iteration": it, "eval": metrics})
+            log.info("iteration %d: mAP %.4f", it, m)
+            if self.best_map is None or m > self.best_map:
+                self.best_map = m
+                self.save(self.best_path)
+                self.save(self.last_path)  # last.pt knows the new best mAP
+        self.best_map, self.final_metrics = ctx.broadcast((self.best_map, self.final_metrics))  # others wait
+
+    # ----------------------------------------------------------------- the end
+
+    def finish(self) -> tuple[Path | None, RunReport | None]:
+        """After the loop: learned priors frozen and exported (learned_priors.yaml, .png), the
+        final report; returns (learned prior config, report)."""
+        cfg, ctx, out = self.cfg, self.ctx, self.out
+        learned_config = None
+        learned_cfg = cfg
+        if cfg.priors.learnable:
+            learned_config = out / "learned_priors.yaml"
+            if ctx.is_main:
+                learned_cfg = export_learned_priors(self.model, cfg, learned_config)
+                self.save(self.last_path)
+                log.info("learned priors frozen and written to %s", learned_config)
+                plot = _plot_learned_shapes(cfg, learned_cfg, out / "learned_priors.png")
+                log.info("initial and learned prior shapes over the training boxes: %s", plot)
+        elif not self.last_path.exists():  # resumed at max_iters: nothing ran
+            self.save(self.last_path)
+        report: RunReport | None = None
+        if ctx.is_main and self.final_metrics is not None:
+            metrics, it = self.final_metrics, self.iteration
+            report = _final_report(self.eval_model, learned_cfg, self.dev, metrics, out, it)
+        ctx.barrier()  # rank 0's files are complete before any process returns
+        return learned_config, report
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """The end-of-training report of the final model: its last evaluation (`metrics`: mAP,
+    per-class AP with GT counts, confusion matrix, in the evaluation's JSON form), its end-to-end
+    speed on the training device (batch 1, fp32; None when it could not be measured) and where
+    it comes from (`sources`: run, checkpoint, iteration, split). `to_dict()` is results.json."""
+
+    metrics: dict[str, Any]
+    speed: dict[str, Any] | None
+    sources: dict[str, object]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.metrics, "speed": self.speed, "sources": self.sources}
+
+
 def _final_report(
     model: SSD, cfg: Config, dev: torch.device, metrics: dict[str, Any], out: Path, iteration: int
-) -> dict[str, Any]:
-    """The end-of-training report of the final model: its last evaluation (per-class AP with GT
-    counts, mAP, confusion matrix) and its end-to-end speed on the training device (batch 1,
-    fp32), logged and written to `out`/report.md and results.json."""
+) -> RunReport:
+    """The final model's report (see `RunReport`), logged and written to `out`/report.md and
+    results.json."""
     from ssd.engine.evaluate import measure_speed, typical_image_size
     from ssd.evaluation.report import write_run_report
 
@@ -536,17 +673,20 @@ def _final_report(
     except RuntimeError as exc:  # e.g. out of memory: the metrics still get reported
         log.warning("end-to-end speed not measured: %s", exc)
         speed = None
-    sources = {"run": str(out), "checkpoint": str(out / "last.pt"), "iteration": iteration, "split": "val"}
-    summary = {**metrics, "speed": speed, "sources": sources}
-    write_run_report(summary, out, f"Training run {out.name}: final model, iteration {iteration}, val split")
+    sources: dict[str, object] = {
+        "run": str(out), "checkpoint": str(out / "last.pt"), "iteration": iteration, "split": "val"
+    }
+    report = RunReport(metrics, speed, sources)
+    title = f"Training run {out.name}: final model, iteration {iteration}, val split"
+    write_run_report(report.to_dict(), out, title)
     fps = "n/a" if speed is None else f"{speed['end_to_end_fps']:.2f}"
     log.info("final model (iteration %d): mAP %s, %s FPS end to end; %s", iteration, metrics.get("mAP"), fps,
              out / "report.md")  # fmt: skip
-    return summary
+    return report
 
 
 def _log_eval_visuals(
-    writer: Any, cfg: Config, result: Any, detections: dict[str, Any], it: int, num_images: int = 4
+    writer: Any, cfg: Config, result: Any, detections: dict[str, Detections], it: int, num_images: int = 4
 ) -> None:
     """TensorBoard at each evaluation: the per-class PR curves (one figure) and the first
     `num_images` validation images with their ground truth (green) and detections at or above

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -125,8 +125,19 @@ def verdict(ci: Sequence[float]) -> str:
     return "no detectable difference"
 
 
-def bootstrap_summary(resamples: int, seed: int, level: float = 0.95) -> dict[str, Any]:
+@dataclass(frozen=True)
+class BootstrapSummary:
     """How the intervals were made, for the report."""
-    return {
-        "resamples": int(resamples), "seed": int(seed), "level": float(level), "method": "paired percentile"
-    }
+
+    resamples: int
+    seed: int
+    level: float = 0.95
+    method: str = "paired percentile"
+
+    def to_dict(self) -> dict[str, object]:
+        return {"resamples": self.resamples, "seed": self.seed, "level": self.level, "method": self.method}
+
+
+def bootstrap_summary(resamples: int, seed: int, level: float = 0.95) -> BootstrapSummary:
+    """How the intervals were made, for the report."""
+    return BootstrapSummary(int(resamples), int(seed), float(level))

@@ -15,7 +15,7 @@ Conventions:
   mapped to 1..N (in sorted order) on internal copies before evaluation; the caller's dicts are
   never modified.
 
-pycocotools is imported lazily (`evaluate_coco` only); its console output is captured and logged
+pycocotools is imported lazily (`coco_eval` only); its console output is captured and logged
 at DEBUG level.
 """
 
@@ -441,10 +441,3 @@ def coco_eval(gt_json: Mapping[str, Any], predictions: Sequence[Mapping[str, Any
         recall=recall,
         num_gt=num_gt,
     )
-
-
-def evaluate_coco(gt_json: Mapping[str, Any], predictions: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """COCO metrics as a JSON-ready dict (see `CocoResult.to_dict`): ``mAP`` (= AP@[.5:.95]),
-    AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl, ``per_class_ap``,
-    ``per_class_ap50``, ``num_gt``. Boxes are xywh pixels."""
-    return coco_eval(gt_json, predictions).to_dict()

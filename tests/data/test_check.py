@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from ssd.data.check import (
 from ssd.data.loader import DetectionDataset, build_eval_loader, build_records, build_train_loader
 from ssd.data.records import DatasetError, Record
 from ssd.data.transforms import build_transforms
+from tests.conftest import NEU_ROOT, needs_neu
 from tests.data import REPO, write_image
 
 CLASSES = ("crack", "dent")
@@ -478,9 +478,6 @@ def test_val_split_is_checked_when_training_starts(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- NEU-DET
-
-NEU_ROOT = Path(os.environ.get("SSD_NEU_ROOT", REPO / "../shared/data/neu-det"))
-needs_neu = pytest.mark.skipif(not (NEU_ROOT / "ANNOTATIONS").is_dir(), reason=f"NEU-DET not at {NEU_ROOT}")
 
 
 @needs_neu

@@ -15,6 +15,7 @@ from ssd.data.loader import build_records
 from ssd.data.records import DatasetError
 from ssd.data.synthetic import (
     GEOMETRY,
+    SyntheticSummary,
     _allocate,
     _sample_box,
     generate_dataset,
@@ -35,7 +36,7 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SyntheticSummary]:
     root = tmp_path_factory.mktemp("synth") / "a"
     return root, generate_dataset(root, N, SIZE, seed=7)
 
@@ -68,7 +69,7 @@ def test_layout_labels_and_split(dataset: tuple[Path, dict]) -> None:
     train = (root / "train.txt").read_text(encoding="utf-8").split()
     val = (root / "val.txt").read_text(encoding="utf-8").split()
     assert len(train) + len(val) == N and not set(train) & set(val)
-    assert (len(train), len(val)) == (summary["train_images"], summary["val_images"]) == (24, 6)
+    assert (len(train), len(val)) == (summary.train_images, summary.val_images) == (24, 6)
     assert all((root / p).is_file() for p in train + val)
     shapes = [
         s
@@ -90,10 +91,10 @@ def test_records_load_with_every_class(dataset: tuple[Path, dict]) -> None:
     assert len(records) == N
     labels = np.concatenate([r.labels for r in records])
     counts = np.bincount(labels, minlength=11)[1:]
-    assert counts.tolist() == [summary["boxes_per_class"][c] for c in TIANCHI_CLASSES]
+    assert counts.tolist() == [summary.boxes_per_class[c] for c in TIANCHI_CLASSES]
     assert (counts > 0).all()
-    assert summary["defect_free_images"] == sum(r.num_boxes == 0 for r in records) >= 1
-    assert summary["multi_defect_images"] == sum(len(set(r.labels.tolist())) > 1 for r in records) >= 1
+    assert summary.defect_free_images == sum(r.num_boxes == 0 for r in records) >= 1
+    assert summary.multi_defect_images == sum(len(set(r.labels.tolist())) > 1 for r in records) >= 1
     w, h = SIZE
     for r in records:
         assert (r.width, r.height) == SIZE

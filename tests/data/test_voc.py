@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ from ssd.config import load_config
 from ssd.data.loader import build_records
 from ssd.data.records import DatasetError
 from ssd.data.voc import read_voc_records
+from tests.conftest import NEU_ROOT, needs_neu
 from tests.data import REPO, write_image
 
 CLASSES = ("crazing", "inclusion", "patches")
@@ -146,9 +146,7 @@ def test_split_entry_without_annotation_names_split_file(tmp_path: Path) -> None
 
 # --------------------------------------------------------------------------- real NEU-DET
 
-NEU_ROOT = Path(os.environ.get("SSD_NEU_ROOT", REPO / "../shared/data/neu-det"))
 NEU_CLASSES = ("crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches")
-needs_neu = pytest.mark.skipif(not (NEU_ROOT / "ANNOTATIONS").is_dir(), reason=f"NEU-DET not at {NEU_ROOT}")
 
 
 @needs_neu

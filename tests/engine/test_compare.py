@@ -13,7 +13,7 @@ from ssd import load_config
 from ssd.config import config_from_dict
 from ssd.data.labelme import TIANCHI_CLASSES
 from ssd.data.loader import build_records
-from ssd.engine.compare import compare, variant_config
+from ssd.engine.compare import CompareReport, compare, variant_config
 from ssd.priors.fit import BoxSet, records_to_boxes
 from ssd.priors.generator import PriorSet
 from tests.conftest import TINY_PRIORS, synthetic_data
@@ -28,7 +28,7 @@ SEEDS = (0, 1)
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[CompareReport, Path]:
     root = tmp_path_factory.mktemp("compare")
     cfg = config_from_dict(
         {
@@ -57,9 +57,9 @@ def _train_boxes(out: Path) -> BoxSet:
     return records_to_boxes(build_records(cfg, "train"), cfg.priors.image_size)
 
 
-def test_report_holds_every_variant_with_the_specified_keys(report: tuple[dict, Path]) -> None:
+def test_report_holds_every_variant_with_the_specified_keys(report: tuple[CompareReport, Path]) -> None:
     rep, out = report
-    assert list(rep["variants"]) == list(ALL)
+    assert list(rep.variants) == list(ALL)
     on_disk = json.loads((out / "report.json").read_text(encoding="utf-8"))
     for name, entry in on_disk["variants"].items():
         for key in REPORT_KEYS:
@@ -91,7 +91,7 @@ def test_report_holds_every_variant_with_the_specified_keys(report: tuple[dict, 
     assert list(out.glob("*.png"))
 
 
-def test_a_second_run_resumes_without_training(report: tuple[dict, Path]) -> None:
+def test_a_second_run_resumes_without_training(report: tuple[CompareReport, Path]) -> None:
     rep, out = report
     stamps = {(n, s): (out / n / f"seed{s}" / "last.pt").stat().st_mtime_ns for n in ALL for s in SEEDS}
     cfg_path = out / "original" / "seed0" / "config.yaml"
@@ -99,12 +99,12 @@ def test_a_second_run_resumes_without_training(report: tuple[dict, Path]) -> Non
     for n in ("original", "chi"):
         for s in SEEDS:
             assert (out / n / f"seed{s}" / "last.pt").stat().st_mtime_ns == stamps[(n, s)]
-        assert again["variants"][n]["maps"] == pytest.approx(rep["variants"][n]["maps"])
+        assert again.variants[n].maps == pytest.approx(rep.variants[n].maps)
     # the same resamples: the interval is reproduced exactly
-    assert again["variants"]["chi"]["delta_ci"] == pytest.approx(rep["variants"]["chi"]["delta_ci"])
+    assert again.variants["chi"].delta_ci == pytest.approx(rep.variants["chi"].delta_ci)
 
 
-def test_the_seeds_give_the_same_data_order_across_variants(report: tuple[dict, Path]) -> None:
+def test_the_seeds_give_the_same_data_order_across_variants(report: tuple[CompareReport, Path]) -> None:
     """Every (variant, seed) run is saved with its seed and otherwise the same data and schedule,
     so the batches of a seed (a function of (seed, iteration)) are the same for every variant."""
     _, out = report
@@ -136,7 +136,7 @@ def test_unknown_variants_and_seeds_are_rejected(tmp_path: Path) -> None:
             parse_variant(bad)
 
 
-def test_a_run_made_with_another_config_is_not_reused(report: tuple[dict, Path]) -> None:
+def test_a_run_made_with_another_config_is_not_reused(report: tuple[CompareReport, Path]) -> None:
     _, out = report
     from ssd.config import ConfigError, replace
 

@@ -22,7 +22,6 @@ from ssd.evaluation.coco import (
     COCO_STAT_NAMES,
     coco_eval,
     detections_to_coco,
-    evaluate_coco,
     gt_to_coco,
     load_coco_gt,
     load_coco_predictions,
@@ -84,7 +83,7 @@ def test_coco_metrics_equal_direct_cocoeval(seed: int, capsys: pytest.CaptureFix
         assert res.per_class_ap[name] == pytest.approx(ref_k[0], abs=1e-12)
         assert res.per_class_ap50[name] == pytest.approx(ref_k[1], abs=1e-12)
     assert np.mean(list(res.per_class_ap.values())) == pytest.approx(res.stats["AP"], abs=1e-12)
-    d = evaluate_coco(gt_json, preds)
+    d = coco_eval(gt_json, preds).to_dict()
     assert d["mAP"] == d["AP"] == pytest.approx(ref[0])
     assert d["AP50"] == pytest.approx(ref[1]) and d["AP75"] == pytest.approx(ref[2])
     assert set(d["per_class_ap50"]) == set(names)
@@ -94,8 +93,8 @@ def test_coco_metrics_equal_direct_cocoeval(seed: int, capsys: pytest.CaptureFix
 def test_string_image_ids_give_the_same_metrics() -> None:
     gts, dets, names = scaled_case(2)
     ids = [f"img_{i:03d}" for i in range(len(gts))]
-    by_str = evaluate_coco(gt_to_coco(gts, names, ids), detections_to_coco(dets, ids))
-    by_int = evaluate_coco(gt_to_coco(gts, names), detections_to_coco(dets))
+    by_str = coco_eval(gt_to_coco(gts, names, ids), detections_to_coco(dets, ids)).to_dict()
+    by_int = coco_eval(gt_to_coco(gts, names), detections_to_coco(dets)).to_dict()
     assert by_str == by_int
 
 
@@ -107,10 +106,10 @@ def test_perfect_and_empty_predictions() -> None:
     names = ["a", "b", "c"]
     perfect = [Detections(g.boxes, torch.tensor([0.9]), g.labels) for g in gts]
     gt_json = gt_to_coco(gts, names)
-    res = evaluate_coco(gt_json, detections_to_coco(perfect))
+    res = coco_eval(gt_json, detections_to_coco(perfect)).to_dict()
     assert res["AP"] == pytest.approx(1.0) and res["per_class_ap"]["a"] == pytest.approx(1.0)
     assert res["per_class_ap"]["c"] is None and res["classes_without_gt"] == ["c"]
-    empty = evaluate_coco(gt_json, [])
+    empty = coco_eval(gt_json, []).to_dict()
     assert empty["AP"] == 0.0 and empty["AP50"] == 0.0
     assert empty["per_class_ap"] == {"a": 0.0, "b": 0.0, "c": None}
 
@@ -119,9 +118,9 @@ def test_unknown_prediction_ids_raise() -> None:
     gts, _, names = scaled_case(0)
     gt_json = gt_to_coco(gts, names)
     with pytest.raises(ValueError, match="image_id 999"):
-        evaluate_coco(gt_json, [{"image_id": 999, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5}])
+        coco_eval(gt_json, [{"image_id": 999, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5}])
     with pytest.raises(ValueError, match="category_id 42"):
-        evaluate_coco(gt_json, [{"image_id": 1, "category_id": 42, "bbox": [0, 0, 1, 1], "score": 0.5}])
+        coco_eval(gt_json, [{"image_id": 1, "category_id": 42, "bbox": [0, 0, 1, 1], "score": 0.5}])
 
 
 def test_round_trip_through_json(tmp_path: Path) -> None:
@@ -223,4 +222,4 @@ def test_missing_pycocotools_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setitem(sys.modules, "pycocotools.coco", None)  # makes the import fail
     gt_json = gt_to_coco([GroundTruth.empty()], ["a"])
     with pytest.raises(ImportError, match="pip install pycocotools"):
-        evaluate_coco(gt_json, [])
+        coco_eval(gt_json, [])

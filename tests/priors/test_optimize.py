@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from ssd.priors.optimize import (
     subgrid_offsets,
 )
 from ssd.priors.writer import write_priors_config
+from tests.conftest import TIANCHI_BOXES, needs_tianchi
 
 SMALL = PriorsConfig(
     image_size=64,
@@ -326,11 +326,6 @@ def test_written_config_loads_and_builds(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- chi (Chi et al., as published)
 
-_SHARED_BOXES = Path(__file__).resolve().parents[2] / "../shared/data/tianchi-boxes/boxes.json"
-TIANCHI_BOXES = Path(os.environ.get("SSD_TIANCHI_BOXES", _SHARED_BOXES))
-needs_tianchi = pytest.mark.skipif(
-    not TIANCHI_BOXES.is_file(), reason=f"Tianchi boxes not at {TIANCHI_BOXES}"
-)
 CHI_COUNTS = [2, 4, 6, 6, 6, 4, 5]  # boxes per cell on SSD512, section 3.2: 33 in all
 
 

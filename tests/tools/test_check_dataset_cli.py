@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from tests.conftest import NEU_ROOT, needs_neu
 from tests.data import REPO
 from tests.data.test_check import GOOD, make_voc, voc_xml
 from tools.check_dataset import main
@@ -130,10 +130,7 @@ def test_synthetic_dataset_is_generated_then_clean(
     assert not {k for k, v in report["counts"].items() if "fatal" in v}
 
 
-NEU_ROOT = Path(os.environ.get("SSD_NEU_ROOT", REPO / "../shared/data/neu-det"))
-
-
-@pytest.mark.skipif(not (NEU_ROOT / "ANNOTATIONS").is_dir(), reason=f"NEU-DET not at {NEU_ROOT}")
+@needs_neu
 def test_neu_det_command(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
     argv = ["--config", "configs/ssd512_neu.yaml", "--set", f"data.root={NEU_ROOT.resolve()}"]
