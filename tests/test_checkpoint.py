@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import torch
 
-from ssd.engine import checkpoint as ckpt
-from ssd.engine.checkpoint import FORMAT_KEY, CheckpointError, load_checkpoint, save_checkpoint
+from ssd.inference import checkpoint as ckpt
+from ssd.inference.checkpoint import FORMAT_KEY, CheckpointError, load_checkpoint, save_checkpoint
 
 
 def sample_state(seed: int) -> dict[str, Any]:

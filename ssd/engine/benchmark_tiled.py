@@ -3,8 +3,8 @@
 Both pipelines start from the same seeded uint8 images of `orig_size` resident on the device and
 end with per-image Detections in original pixels:
 - untiled: resize the whole image to S x S + normalise -> network -> postprocess (as
-  `ssd.detector.Detector` without tiling);
-- tiled: `ssd.sliced.SlicedPredictor` (crop + warp every window, one network batch for all
+  `ssd.inference.detector.Detector` without tiling);
+- tiled: `ssd.inference.sliced.SlicedPredictor` (crop + warp every window, one network batch for all
   windows of all images, postprocess per window, seam merge + NMS per image).
 They are timed round-robin (`ssd.engine.benchmark.time_interleaved`) so that both see the same
 machine load. Images per second count full photos; tiles per second count network inputs of the
@@ -18,11 +18,11 @@ from typing import Any
 import torch
 
 from ssd.config import Config
-from ssd.detector import preprocess
 from ssd.engine.benchmark import _synchronizer, random_images, summarize_times, time_interleaved
+from ssd.inference.detector import preprocess
+from ssd.inference.settings import InferenceSettings
+from ssd.inference.sliced import build_sliced_predictor
 from ssd.modeling.ssd import SSD
-from ssd.postprocess import postprocess
-from ssd.sliced import build_sliced_predictor
 from ssd.structures import Detections
 
 
@@ -51,20 +51,11 @@ def benchmark_tiled(
     tiled_cfg = cfg if cfg.input.tiling.enabled else _with_tiling(cfg)
     sliced = build_sliced_predictor(tiled_cfg, model, dev)
     priors = model.priors().detach().to(dev)
-    c, pp = cfg, cfg.postprocess
+    s = InferenceSettings.from_config(cfg)
 
     def untiled() -> list[Detections]:
-        x, sizes = preprocess(images, c.priors.image_size, c.input.mean, c.input.std, dev)
-        return postprocess(
-            model(x),
-            priors,
-            sizes,
-            variances=c.priors.variances,
-            score_threshold=pp.score_threshold,
-            nms_iou=pp.nms_iou,
-            top_k=pp.top_k,
-            max_detections=pp.max_detections,
-        )
+        x, sizes = preprocess(images, s.image_size, s.mean, s.std, dev)
+        return s.postprocess(model(x), priors, sizes)
 
     def tiled() -> list[Detections]:
         return sliced(images)

@@ -13,13 +13,11 @@ import torch
 from ssd.config import Config
 from ssd.data.loader import build_eval_loader, build_records, checked
 from ssd.data.records import DatasetError, Record
-from ssd.detector import load_model_state
-from ssd.engine.checkpoint import config_for_checkpoint, describe_mismatch, load_checkpoint, model_weights
-from ssd.engine.runtime import DeviceCaps, autocast, resolve_inference_precision
-from ssd.modeling.build import build_model
+from ssd.inference.checkpoint import load_model
+from ssd.inference.runtime import DeviceCaps, autocast
+from ssd.inference.settings import InferenceSettings
+from ssd.inference.sliced import predict_split_tiled
 from ssd.modeling.ssd import SSD
-from ssd.postprocess import postprocess
-from ssd.sliced import predict_split_tiled
 from ssd.structures import Detections
 
 log = logging.getLogger(__name__)
@@ -46,7 +44,7 @@ def predict_split(
 ) -> SplitPredictions:
     """Detections for every image of a split that can be read. Images that cannot be read are
     skipped and listed with `data.skip_invalid`; otherwise the first raises its DatasetError
-    (naming the file), whatever `data.num_workers`. Sliced inference (`ssd.sliced`) when
+    (naming the file), whatever `data.num_workers`. Sliced inference (`ssd.inference.sliced`) when
     `input.tiling.enabled`."""
     if cfg.input.tiling.enabled:
         return SplitPredictions(*predict_split_tiled(model, cfg, split, device, progress))
@@ -56,9 +54,9 @@ def predict_split(
     loader = build_eval_loader(cfg, split)
     records: list[Record] = loader.dataset.records  # type: ignore[attr-defined]
     priors = model.priors().detach()
-    pp = cfg.postprocess
+    settings = InferenceSettings.from_config(cfg)
     out: dict[str, Detections] = {}
-    precision = resolve_inference_precision(cfg, DeviceCaps.of(device))  # decode/NMS stay fp32
+    precision = settings.precision_on(DeviceCaps.of(device))  # decode/NMS stay fp32
     skipped: list[DatasetError] = list(loader.dataset.left_out)  # type: ignore[attr-defined]
     try:
         for batch in checked(loader):
@@ -67,16 +65,7 @@ def predict_split(
             if batch.image_ids:
                 with autocast(device.type, precision):
                     outputs = model(batch.images.to(device, non_blocking=True))
-                dets = postprocess(
-                    outputs,
-                    priors,
-                    batch.orig_sizes.to(device),
-                    variances=cfg.priors.variances,
-                    score_threshold=pp.score_threshold,
-                    nms_iou=pp.nms_iou,
-                    top_k=pp.top_k,
-                    max_detections=pp.max_detections,
-                )
+                dets = settings.postprocess(outputs, priors, batch.orig_sizes.to(device))
                 for image_id, d in zip(batch.image_ids, dets):
                     out[image_id] = d.to("cpu")
             if progress is not None:
@@ -196,12 +185,12 @@ def measure_speed(
     CPU, 50 on CUDA) after warm-up. Returns the figures the reports print: `end_to_end_fps`,
     `network_fps`, `median_ms`, `batch_size`, `precision`, `device`, `device_name`, `iters`,
     `orig_size`. The model is left in eval mode on `device`."""
-    from ssd.engine.benchmark import benchmark, build_pipeline_settings
+    from ssd.engine.benchmark import benchmark
 
     cuda = device.type == "cuda"
     n = iters if iters is not None else (50 if cuda else 10)
     res = benchmark(
-        model, model.priors().detach(), build_pipeline_settings(cfg), batch_size=batch_size,
+        model, model.priors().detach(), InferenceSettings.from_config(cfg), batch_size=batch_size,
         precision=precision, device=device, warmup=10 if cuda else 2, iters=n, orig_size=orig_size,
         flops=False,
     )  # fmt: skip
@@ -224,30 +213,12 @@ def typical_image_size(cfg: Config, split: str) -> tuple[int, int]:
     return (int(records[0].height), int(records[0].width)) if records else (375, 500)
 
 
-def load_for_evaluation(
-    checkpoint: str | Path,
-    cfg: Config | None = None,
-    config: str | Path | None = None,
-    overrides: tuple[str, ...] | list[str] = (),
-) -> tuple[Config, SSD]:
-    """The config and the model (CPU, priors frozen, eval mode) of a checkpoint: `cfg` when given,
-    else `config` (a file; `overrides` apply), else the config stored in the checkpoint (with
-    `overrides`). A checkpoint that does not fit the config raises `CheckpointMismatchError`."""
-    state = load_checkpoint(checkpoint)
-    if cfg is None:
-        cfg = config_for_checkpoint(state, checkpoint, config, overrides)
-    model = build_model(cfg)
-    load_model_state(model, model_weights(state), str(checkpoint), describe_mismatch(state, cfg))
-    model.priors.freeze()
-    return cfg, model.eval()
-
-
 def evaluate_checkpoint(
     cfg: Config | None, checkpoint: str | Path, split: str = "val", device: str | torch.device = "cpu"
 ) -> dict[str, Any]:
     """Load a checkpoint into the configured model (`cfg=None`: the config stored in the
     checkpoint) and evaluate it on `split`."""
     dev = torch.device(device)
-    cfg, model = load_for_evaluation(checkpoint, cfg)
+    cfg, model = load_model(checkpoint, cfg)
     model.to(dev)
     return evaluate_model(model, cfg, split, dev)

@@ -43,17 +43,15 @@ import torchvision
 from torch import Tensor, nn
 
 from ssd.config import Config, config_from_dict, config_to_dict, replace
-from ssd.engine.benchmark import (
+from ssd.engine.benchmark import benchmark, device_name
+from ssd.engine.torchvision_baseline import (
     SSD512_ASPECT_RATIOS,
     SSD512_SCALES,
     SSD512_STEPS,
-    PipelineSettings,
-    benchmark,
-    build_pipeline_settings,
     build_torchvision_ssd512,
-    device_name,
 )
-from ssd.engine.runtime import DeviceCaps, resolve_train_runtime
+from ssd.inference.runtime import DeviceCaps, resolve_train_runtime
+from ssd.inference.settings import InferenceSettings
 from ssd.modeling.build import build_model
 
 log = logging.getLogger(__name__)
@@ -207,7 +205,7 @@ class _SourceMaps(nn.Module):
         return OrderedDict((str(i), f) for i, f in enumerate(self.backbone(x)))
 
 
-def small_torchvision_ssd(cfg: Config, settings: PipelineSettings) -> Any:
+def small_torchvision_ssd(cfg: Config, settings: InferenceSettings) -> Any:
     """torchvision's `SSD` (its transform, head, default boxes and post-processing) over a copy of
     our (small) backbone: the quick check's stand-in for torchvision's full-width SSD512."""
     from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
@@ -241,7 +239,7 @@ def _timing_row(res: dict[str, Any]) -> dict[str, Any]:
 def run_inference(
     cfg: Config, dev: torch.device, sizes: dict[str, Any], quick: bool, progress: Callable[[str], None]
 ) -> dict[str, Any]:
-    settings = build_pipeline_settings(cfg)
+    settings = InferenceSettings.from_config(cfg)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     if quick:
@@ -259,7 +257,7 @@ def run_inference(
             try:
                 res = benchmark(
                     model, model.priors(), settings, batch_size=bs, precision=precision, device=dev,
-                    warmup=sizes["warmup"], iters=sizes["iters"], channels_last=cfg.inference.channels_last,
+                    warmup=sizes["warmup"], iters=sizes["iters"], channels_last=settings.channels_last,
                     orig_size=(480, 640), torchvision_model=tv, torchvision_channels_last=False,
                     flops=False,
                 )  # fmt: skip
@@ -296,8 +294,8 @@ def run_training(
 ) -> dict[str, Any]:
     """Images/s of full training steps, loader included, at the resolved mixed precision."""
     from ssd.data.loader import build_train_loader
-    from ssd.engine.runtime import apply_cudnn_benchmark
     from ssd.engine.train import build_optimizer
+    from ssd.inference.runtime import apply_cudnn_benchmark
     from ssd.losses import MultiBoxLoss
 
     bs = sizes["train_batch_size"]

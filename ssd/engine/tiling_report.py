@@ -15,13 +15,11 @@ from typing import Any
 import torch
 
 from ssd.config import load_config
-from ssd.detector import load_model_state
 from ssd.engine.benchmark_tiled import benchmark_tiled
-from ssd.engine.checkpoint import load_checkpoint
 from ssd.engine.evaluate import predict_split, score
 from ssd.evaluation.small import small_only
 from ssd.evaluation.voc import GroundTruth, evaluate_voc
-from ssd.modeling.build import build_model
+from ssd.inference.checkpoint import load_model
 from ssd.structures import Detections
 
 
@@ -39,10 +37,8 @@ def evaluate_run(
     run = Path(run_dir)
     cfg = load_config(run / "config.yaml")
     dev = torch.device(device)
-    model = build_model(cfg)
-    load_model_state(model, load_checkpoint(run / checkpoint)["model"], str(run / checkpoint))
-    model.priors.freeze()
-    model.to(dev).eval()
+    _, model = load_model(run / checkpoint, cfg, ema=False)
+    model.to(dev)
     dets = predict_split(model, cfg, split, dev)
     overall = score(cfg, split, dets, "voc07")
     records = dets.records  # the images that were read

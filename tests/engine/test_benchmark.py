@@ -3,6 +3,7 @@ with a hand count, and torchvision's SSD512 comparison model has the SSD512 defa
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import OrderedDict
 from collections.abc import Callable
@@ -13,22 +14,21 @@ from torch import Tensor, nn
 
 from ssd.config import Config, config_from_dict
 from ssd.engine.benchmark import (
-    PipelineSettings,
     benchmark,
     benchmark_torchvision,
-    build_pipeline_settings,
-    build_torchvision_ssd512,
     count_flops,
     peak_bf16_tflops,
     random_images,
     speed_ratio,
     summarize_times,
     time_interleaved,
-    torchvision_default_boxes,
 )
+from ssd.engine.torchvision_baseline import build_torchvision_ssd512, torchvision_default_boxes
+from ssd.inference.settings import InferenceSettings
 from ssd.modeling.build import build_model
 from ssd.priors.generator import generate_priors
 
+DEFAULTS = InferenceSettings.from_config(Config())
 _F = 320 / 512
 # SSD512 layout scaled to a 320 input at width 1/8: maps 40/20/10/5/3/2/1, 9,624 priors.
 TINY = {
@@ -63,7 +63,7 @@ def _finite_positive(x: float) -> bool:
 
 def test_benchmark_tiny_model_reports_positive_finite_figures(tiny_cfg: Config) -> None:
     model = build_model(tiny_cfg)
-    settings = build_pipeline_settings(tiny_cfg)
+    settings = InferenceSettings.from_config(tiny_cfg)
     res = benchmark(model, model.priors(), settings, batch_size=2, warmup=1, iters=3, orig_size=(60, 90))
     for key in ("network_fps", "end_to_end_fps", "network_tflops", "end_to_end_tflops"):
         assert _finite_positive(res[key]), key
@@ -90,7 +90,7 @@ def test_benchmark_runs_exactly_warmup_plus_iters_forwards(tiny_cfg: Config) -> 
     model = build_model(tiny_cfg)
     calls: list[int] = []
     model.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
-    settings = build_pipeline_settings(tiny_cfg)
+    settings = InferenceSettings.from_config(tiny_cfg)
     res = benchmark(
         model, model.priors(), settings, batch_size=1, warmup=2, iters=3, flops=False, orig_size=(40, 40)
     )
@@ -102,7 +102,7 @@ def test_benchmark_runs_exactly_warmup_plus_iters_forwards(tiny_cfg: Config) -> 
 def test_benchmark_channels_last_bf16_restores_layout(tiny_cfg: Config) -> None:
     model = build_model(tiny_cfg)
     res = benchmark(
-        model, model.priors(), build_pipeline_settings(tiny_cfg), batch_size=1, precision="bf16",
+        model, model.priors(), InferenceSettings.from_config(tiny_cfg), batch_size=1, precision="bf16",
         warmup=0, iters=1, channels_last=True, flops=False, orig_size=(40, 40),
     )  # fmt: skip
     assert _finite_positive(res["end_to_end_fps"]) and res["channels_last"] is True
@@ -113,7 +113,7 @@ def test_benchmark_channels_last_bf16_restores_layout(tiny_cfg: Config) -> None:
 
 def test_benchmark_rejects_bad_arguments(tiny_cfg: Config) -> None:
     model = build_model(tiny_cfg)
-    settings = build_pipeline_settings(tiny_cfg)
+    settings = InferenceSettings.from_config(tiny_cfg)
     with pytest.raises(ValueError, match="precision"):
         benchmark(model, model.priors(), settings, precision="int8", iters=1, flops=False)
     with pytest.raises(ValueError, match="batch_size"):
@@ -202,7 +202,7 @@ def test_speed_ratio() -> None:
 
 
 def test_torchvision_ssd512_has_the_ssd512_default_boxes() -> None:
-    settings = PipelineSettings()
+    settings = DEFAULTS
     tv = build_torchvision_ssd512(21, settings, device="meta")  # no weights, no compute
     boxes = torchvision_default_boxes(tv)
     assert boxes.shape == (24564, 4)
@@ -217,7 +217,7 @@ def test_torchvision_ssd512_has_the_ssd512_default_boxes() -> None:
 
 
 def test_torchvision_stock_highres_layout_has_24732_boxes() -> None:
-    tv = build_torchvision_ssd512(21, PipelineSettings(), match_ssd512_layout=False, device="meta")
+    tv = build_torchvision_ssd512(21, DEFAULTS, match_ssd512_layout=False, device="meta")
     # maps 64/32/16/8/6/4/1 with 4/6/6/6/6/4/4 boxes per cell
     expected = 4 * 64 * 64 + 6 * (32 * 32 + 16 * 16 + 8 * 8 + 6 * 6) + 4 * (4 * 4 + 1)
     assert expected == 24732
@@ -226,7 +226,7 @@ def test_torchvision_stock_highres_layout_has_24732_boxes() -> None:
 
 def test_torchvision_needs_512() -> None:
     with pytest.raises(ValueError, match="512"):
-        build_torchvision_ssd512(21, PipelineSettings(image_size=320), device="meta")
+        build_torchvision_ssd512(21, dataclasses.replace(DEFAULTS, image_size=320), device="meta")
 
 
 class _TinyBackbone(nn.Module):
@@ -280,7 +280,7 @@ def test_benchmark_with_torchvision_model_interleaves_both(tiny_cfg: Config) -> 
     model.register_forward_hook(hook("ours"))
     tv.backbone.register_forward_hook(hook("tv"))
     res = benchmark(
-        model, model.priors(), build_pipeline_settings(tiny_cfg), warmup=1, iters=2, flops=False,
+        model, model.priors(), InferenceSettings.from_config(tiny_cfg), warmup=1, iters=2, flops=False,
         orig_size=(40, 60), torchvision_model=tv,
     )  # fmt: skip
     # per round: ours network, ours end to end, torchvision network, torchvision end to end
@@ -296,7 +296,7 @@ def test_benchmark_with_torchvision_model_interleaves_both(tiny_cfg: Config) -> 
 def test_full_size_comparison_runs_once() -> None:
     cfg = config_from_dict({})
     model = build_model(cfg)
-    settings = build_pipeline_settings(cfg)
+    settings = InferenceSettings.from_config(cfg)
     tv = build_torchvision_ssd512(cfg.num_classes, settings)
     ours = benchmark(model, model.priors(), settings, warmup=0, iters=1, torchvision_model=tv)
     theirs = ours["torchvision"]

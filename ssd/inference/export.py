@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,41 +28,14 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
-from ssd.config import Config
-from ssd.detector import load_model_state
-from ssd.engine.benchmark import PipelineSettings, TensorOutputs
-from ssd.engine.checkpoint import config_for_checkpoint, describe_mismatch, load_checkpoint, model_weights
-from ssd.modeling.build import build_model
+from ssd.inference.backends import TensorOutputs
+from ssd.inference.settings import InferenceSettings
 from ssd.modeling.ssd import SSD
 from ssd.priors.coder import decode
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 17
-
-
-def load_inference_model(
-    checkpoint: str | Path | None = None,
-    config: str | Path | None = None,
-    overrides: Sequence[str] = (),
-) -> tuple[Config, SSD]:
-    """Config and eval-mode model (CPU, priors frozen) of a checkpoint and/or config file.
-
-    The config comes from `config` when given (it overrides the checkpoint's), else from the
-    checkpoint's stored "config" dict (a checkpoint without one is an error asking for
-    `--config`), else the defaults; `overrides` (`key.path=value`) apply last. Without a
-    checkpoint the weights are random. Raises ConfigError / CheckpointError naming the file; a
-    state dict that does not fit the configured model raises CheckpointMismatchError.
-    """
-    state: dict[str, Any] | None = None
-    if checkpoint is not None:
-        state = load_checkpoint(checkpoint)
-    cfg = config_for_checkpoint(state, checkpoint, config, overrides)
-    model = build_model(cfg)
-    if state is not None:
-        load_model_state(model, model_weights(state), str(checkpoint), describe_mismatch(state, cfg))
-    model.priors.freeze()
-    return cfg, model.eval()
 
 
 class DetectionsModule(nn.Module):
@@ -77,7 +49,7 @@ class DetectionsModule(nn.Module):
 
     priors: Tensor
 
-    def __init__(self, model: SSD, settings: PipelineSettings) -> None:
+    def __init__(self, model: SSD, settings: InferenceSettings) -> None:
         super().__init__()
         self.net = TensorOutputs(model)
         self.register_buffer("priors", model.priors().detach().float().clone())
@@ -103,7 +75,7 @@ class DetectionsModule(nn.Module):
 def export_onnx(
     model: SSD,
     path: str | Path,
-    settings: PipelineSettings,
+    settings: InferenceSettings,
     *,
     with_nms: bool = False,
     opset: int = DEFAULT_OPSET,
@@ -163,7 +135,7 @@ def verify_onnx(
     path: str | Path,
     model: SSD,
     images: Tensor,
-    settings: PipelineSettings,
+    settings: InferenceSettings,
     *,
     with_nms: bool = False,
     atol: float = 1e-4,
