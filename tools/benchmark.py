@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             res = benchmark(
                 model, model.priors(), settings, batch_size=bs, precision=precision,
                 torchvision_model=tv_model, **common,
-            )  # fmt: skip
+            ).to_dict()  # fmt: skip
             if tv_model is not None:
                 layout = "torchvision stock highres" if args.torchvision_stock_layout else "SSD512"
                 res["torchvision"]["layout"] = layout
@@ -252,14 +252,14 @@ def main(argv: list[str] | None = None) -> int:
             warmup=warmup, iters=iters, seed=args.seed,
         )  # fmt: skip
         for r in results:
-            r["tiled"] = tiled
-        t = tiled["tiling"]
+            r["tiled"] = tiled.to_dict()
+        t = tiled.tiling
         text += (
             f"\n\nTiled (scale {t['scale']:g}, {t['tile']} px tiles, overlap {t['overlap']}, "
-            f"{tiled['tiles_per_image']:g} tiles per {width}x{height} image, merge {t['merge']}), timed "
+            f"{tiled.tiles_per_image:g} tiles per {width}x{height} image, merge {t['merge']}), timed "
             f"interleaved with the untiled pipeline, batch {args.batch_size}, median of {iters}: "
-            f"untiled {tiled['untiled_fps']:.3f} images/s, tiled {tiled['tiled_fps']:.3f} images/s "
-            f"({tiled['tiled_tiles_per_s']:.2f} tiles/s), {tiled['slowdown']:.2f}x slower"
+            f"untiled {tiled.untiled_fps:.3f} images/s, tiled {tiled.tiled_fps:.3f} images/s "
+            f"({tiled.tiled_tiles_per_s:.2f} tiles/s), {tiled.slowdown:.2f}x slower"
         )
     if args.sweep:
         ok = [r for r in results if "error" not in r]

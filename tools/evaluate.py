@@ -196,7 +196,7 @@ def evaluate_checkpoint_cli(args: argparse.Namespace) -> int:
         "split": split,
     }
     summary.update(sources)
-    summary["speed"] = speed
+    summary["speed"] = None if speed is None else speed.to_dict()
     summary["sources"] = sources
     if args.output_dir is not None:
         paths = write_run_report(summary, args.output_dir, f"Evaluation of {args.checkpoint} on {split}")

@@ -28,7 +28,7 @@ import platform
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -129,7 +129,31 @@ def count_flops(model: nn.Module, image_size: int) -> int:
     return int(counter.get_total_flops())
 
 
-def summarize_times(times_s: Sequence[float], batch_size: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class TimingSummary:
+    """Per-iteration batch latencies summarised: median / mean / p90 / min / max in ms,
+    `images_per_s` (from the median) and `images_per_s_mean` (from the mean), every time in ms;
+    `detections_per_image` (mean) for an end-to-end timing."""
+
+    iters: int
+    median_ms: float
+    mean_ms: float
+    p90_ms: float
+    min_ms: float
+    max_ms: float
+    images_per_s: float
+    images_per_s_mean: float
+    times_ms: list[float]
+    detections_per_image: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        if self.detections_per_image is None:
+            del out["detections_per_image"]
+        return out
+
+
+def summarize_times(times_s: Sequence[float], batch_size: int) -> TimingSummary:
     """Per-iteration batch latencies (seconds) -> median / mean / p90 / min in ms and images/s
     (`images_per_s` from the median, `images_per_s_mean` from the mean)."""
     if not times_s:
@@ -137,17 +161,17 @@ def summarize_times(times_s: Sequence[float], batch_size: int) -> dict[str, Any]
     t = np.asarray(times_s, dtype=np.float64) * 1e3
     median = float(np.median(t))
     mean = float(t.mean())
-    return {
-        "iters": len(times_s),
-        "median_ms": median,
-        "mean_ms": mean,
-        "p90_ms": float(np.percentile(t, 90)),
-        "min_ms": float(t.min()),
-        "max_ms": float(t.max()),
-        "images_per_s": batch_size / (median / 1e3),
-        "images_per_s_mean": batch_size / (mean / 1e3),
-        "times_ms": [float(v) for v in t],
-    }
+    return TimingSummary(
+        iters=len(times_s),
+        median_ms=median,
+        mean_ms=mean,
+        p90_ms=float(np.percentile(t, 90)),
+        min_ms=float(t.min()),
+        max_ms=float(t.max()),
+        images_per_s=batch_size / (median / 1e3),
+        images_per_s_mean=batch_size / (mean / 1e3),
+        times_ms=[float(v) for v in t],
+    )
 
 
 def time_interleaved(
@@ -227,16 +251,108 @@ class _Run:
     iters: int
 
 
+@dataclass(frozen=True)
+class SpeedRatio:
+    """ours / theirs images per second (from median latencies): > 1 means we are faster."""
+
+    network: float
+    end_to_end: float
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class _ModelInfo:
+    """The static part of a model's report (see `BenchmarkReport`)."""
+
+    model: str
+    backend: str | None
+    compile_mode: str | None
+    image_size: int
+    num_priors: int
+    settings: InferenceSettings | None
+    flops_per_image: int | None
+    includes: dict[str, str]
+
+
+# entries left out of `BenchmarkReport.to_dict` when None (torchvision's report has no backend
+# and no settings; only a comparison has the last three)
+_OPTIONAL = ("backend", "settings", "torchvision", "speed_ratio", "same_number_of_priors")
+
+
+@dataclass(frozen=True)
+class BenchmarkReport:
+    """What `benchmark` / `benchmark_torchvision` measured: the model ("ours" or "torchvision"),
+    its `backend` (ours), `compile_mode`, `image_size`, `num_priors`, pipeline `settings` (ours),
+    FLOPs per image, what each timing `includes`, the run settings, the `network` and
+    `end_to_end` timings and their images/s (`network_fps`, `end_to_end_fps`), achieved TFLOP/s
+    and share of the GPU's dense bf16 peak (None when unknown or on CPU), versions; with a
+    comparison also `torchvision` (its report), `speed_ratio` and `same_number_of_priors`."""
+
+    model: str
+    backend: str | None
+    compile_mode: str | None
+    image_size: int
+    num_priors: int
+    settings: InferenceSettings | None
+    flops_per_image: int | None
+    includes: dict[str, str]
+    device: str
+    device_name: str
+    batch_size: int
+    precision: str
+    channels_last: bool
+    compile: bool
+    compile_s: float | None
+    warmup: int
+    iters: int
+    orig_size: tuple[int, int]
+    images_on_host: bool
+    network: TimingSummary
+    end_to_end: TimingSummary
+    network_fps: float
+    end_to_end_fps: float
+    network_tflops: float | None
+    end_to_end_tflops: float | None
+    peak_bf16_tflops: float | None
+    peak_share: float | None
+    end_to_end_peak_share: float | None
+    num_threads: int
+    torch_version: str
+    torchvision_version: str
+    torchvision: BenchmarkReport | None = None
+    speed_ratio: SpeedRatio | None = None
+    same_number_of_priors: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready dict (`benchmark.json`)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.name in _OPTIONAL:
+                continue
+            if isinstance(value, (TimingSummary, BenchmarkReport, SpeedRatio)):
+                value = value.to_dict()
+            elif isinstance(value, InferenceSettings):
+                value = _pipeline_dict(value)
+            elif f.name == "orig_size":
+                value = list(value)
+            out[f.name] = value
+        return out
+
+
 @dataclass
 class _Prepared:
     """One model ready to time: its two timed callables, how to undo the preparation, how to
-    count detections in an end-to-end result, and the static part of its report."""
+    count detections in an end-to-end result, the static part of its report and its run."""
 
     run_network: Callable[[], Any]
     run_end_to_end: Callable[[], Any]
     restore: Callable[[], None]
     count_detections: Callable[[Any], float]
-    info: dict[str, Any]
+    info: _ModelInfo
+    run: _Run
 
 
 def _prepare_ours(
@@ -289,15 +405,15 @@ def _prepare_ours(
     if backend == "eager" and channels_last:
         mode += ", channels_last"
     amp = "fp32" if precision == "fp32" else f"autocast {precision}"
-    info = {
-        "model": "ours",
-        "backend": backend,
-        "compile_mode": compile_mode if compile else None,
-        "image_size": size,
-        "num_priors": int(priors.shape[0]),
-        "settings": _pipeline_dict(settings),
-        "flops_per_image": flops_per_image,
-        "includes": {
+    info = _ModelInfo(
+        model="ours",
+        backend=backend,
+        compile_mode=compile_mode if compile else None,
+        image_size=size,
+        num_priors=int(priors.shape[0]),
+        settings=settings,
+        flops_per_image=flops_per_image,
+        includes={
             "network": (
                 f"network forward only ({mode}, {amp}) on a pre-normalised float [B,3,{size},{size}] "
                 "batch already on the device; device synchronised after every iteration"
@@ -309,9 +425,9 @@ def _prepare_ours(
                 "per-image Detections; device synchronised after every iteration"
             ),
         },
-    }
+    )
     return _Prepared(
-        run_network, run_end_to_end, restore, lambda dets: float(np.mean([len(d) for d in dets])), info
+        run_network, run_end_to_end, restore, lambda dets: float(np.mean([len(d) for d in dets])), info, run
     )
 
 
@@ -361,13 +477,15 @@ def _prepare_torchvision(model: Any, run: _Run) -> _Prepared:
 
     mode = f"backbone+head torch.compile(mode={compile_mode!r})" if compile else "eager"
     amp = "fp32" if precision == "fp32" else f"autocast {precision}"
-    info = {
-        "model": "torchvision",
-        "compile_mode": compile_mode if compile else None,
-        "image_size": size,
-        "num_priors": num_priors,
-        "flops_per_image": flops_per_image,
-        "includes": {
+    info = _ModelInfo(
+        model="torchvision",
+        backend=None,
+        compile_mode=compile_mode if compile else None,
+        image_size=size,
+        num_priors=num_priors,
+        settings=None,
+        flops_per_image=flops_per_image,
+        includes={
             "network": (
                 f"torchvision SSD backbone + head ({mode}, {amp}) on a normalised float "
                 f"[B,3,{size},{size}] batch already on the device; device synchronised"
@@ -379,13 +497,14 @@ def _prepare_torchvision(model: Any, run: _Run) -> _Prepared:
                 "batched NMS, rescale; device synchronised"
             ),
         },
-    }
+    )
     return _Prepared(
         run_network,
         run_end_to_end,
         restore,
         lambda dets: float(np.mean([len(d["scores"]) for d in dets])),
         info,
+        run,
     )
 
 
@@ -419,46 +538,47 @@ def _report(
     net_times: list[float],
     e2e_times: list[float],
     detections: Any,
-    run: _Run,
     compile_s: float | None,
-) -> dict[str, Any]:
+) -> BenchmarkReport:
+    run, info = prepared.run, prepared.info
     dev, batch_size = run.dev, run.batch_size
     network = summarize_times(net_times, batch_size)
-    end_to_end = summarize_times(e2e_times, batch_size)
-    end_to_end["detections_per_image"] = prepared.count_detections(detections)
+    end_to_end = dataclasses.replace(
+        summarize_times(e2e_times, batch_size), detections_per_image=prepared.count_detections(detections)
+    )
     name = device_name(dev)
-    flops_per_image = prepared.info["flops_per_image"]
+    flops_per_image = info.flops_per_image
     net_tflops = e2e_tflops = None
     if flops_per_image is not None:
-        net_tflops = flops_per_image * network["images_per_s"] / 1e12
-        e2e_tflops = flops_per_image * end_to_end["images_per_s"] / 1e12
+        net_tflops = flops_per_image * network.images_per_s / 1e12
+        e2e_tflops = flops_per_image * end_to_end.images_per_s / 1e12
     peak = peak_bf16_tflops(name) if dev.type == "cuda" else None
-    return {
-        **prepared.info,
-        "device": str(dev),
-        "device_name": name,
-        "batch_size": batch_size,
-        "precision": run.precision,
-        "channels_last": run.channels_last,
-        "compile": run.compile,
-        "compile_s": compile_s,
-        "warmup": run.warmup,
-        "iters": run.iters,
-        "orig_size": list(run.orig_size),
-        "images_on_host": bool(run.images_on_host and dev.type == "cuda"),
-        "network": network,
-        "end_to_end": end_to_end,
-        "network_fps": network["images_per_s"],
-        "end_to_end_fps": end_to_end["images_per_s"],
-        "network_tflops": net_tflops,
-        "end_to_end_tflops": e2e_tflops,
-        "peak_bf16_tflops": peak,
-        "peak_share": None if peak is None or net_tflops is None else net_tflops / peak,
-        "end_to_end_peak_share": None if peak is None or e2e_tflops is None else e2e_tflops / peak,
-        "num_threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
-        "torchvision_version": torchvision.__version__,
-    }
+    return BenchmarkReport(
+        **{f.name: getattr(info, f.name) for f in dataclasses.fields(info)},
+        device=str(dev),
+        device_name=name,
+        batch_size=batch_size,
+        precision=run.precision,
+        channels_last=run.channels_last,
+        compile=run.compile,
+        compile_s=compile_s,
+        warmup=run.warmup,
+        iters=run.iters,
+        orig_size=run.orig_size,
+        images_on_host=bool(run.images_on_host and dev.type == "cuda"),
+        network=network,
+        end_to_end=end_to_end,
+        network_fps=network.images_per_s,
+        end_to_end_fps=end_to_end.images_per_s,
+        network_tflops=net_tflops,
+        end_to_end_tflops=e2e_tflops,
+        peak_bf16_tflops=peak,
+        peak_share=None if peak is None or net_tflops is None else net_tflops / peak,
+        end_to_end_peak_share=None if peak is None or e2e_tflops is None else e2e_tflops / peak,
+        num_threads=torch.get_num_threads(),
+        torch_version=torch.__version__,
+        torchvision_version=torchvision.__version__,
+    )
 
 
 # --------------------------------------------------------------------------- ours
@@ -485,7 +605,7 @@ def benchmark(
     backend: str = "eager",
     onnx_path: str | None = None,
     torchvision_channels_last: bool | None = None,
-) -> dict[str, Any]:
+) -> BenchmarkReport:
     """Time an SSD `model` (forward(images [B, 3, S, S]) -> HeadOutputs) with its `priors`
     [P, 4] cxcywh relative: the network alone and end to end (see the module docstring).
 
@@ -502,13 +622,14 @@ def benchmark(
     result gains `torchvision` (its report) and `speed_ratio` (ours / torchvision images per
     second); its memory format is `torchvision_channels_last` (None: the same as ours).
 
-    `backend` "onnxruntime" / "openvino" runs our network through `ssd.inference.backends` (CPU, fp32; the
-    ONNX graph is exported to `onnx_path` or a temporary file); pre- and post-processing stay the
-    same PyTorch code.
+    `backend` "onnxruntime" / "openvino" runs our network through `ssd.inference.backends` (CPU, fp32;
+    the ONNX graph is exported to `onnx_path` or a temporary file); pre- and post-processing stay
+    the same PyTorch code.
 
-    Returns a JSON-ready dict: `network` and `end_to_end` timing summaries (`summarize_times`),
-    `network_fps`, `end_to_end_fps` (from the median), `includes`, FLOPs per image, achieved
-    TFLOP/s, the share of the GPU's dense bf16 peak (None when unknown or on CPU), run settings.
+    Returns a `BenchmarkReport` (`to_dict()` for JSON): `network` and `end_to_end` timing
+    summaries (`summarize_times`), `network_fps`, `end_to_end_fps` (from the median),
+    `includes`, FLOPs per image, achieved TFLOP/s, the share of the GPU's dense bf16 peak (None
+    when unknown or on CPU), run settings.
     """
     dev = torch.device(device)
     _check_device(dev)
@@ -537,15 +658,16 @@ def benchmark(
             p.restore()
         raise
     timings, compile_s = _time(prepared, run)
-    reports = [
-        _report(p, net_t, e2e_t, dets, run, compile_s) for p, (net_t, e2e_t, dets) in zip(prepared, timings)
-    ]
+    reports = [_report(p, *timed, compile_s) for p, timed in zip(prepared, timings)]
     ours = reports[0]
     if torchvision_model is not None:
-        reports[1]["channels_last"] = tv_cl
-        ours["torchvision"] = reports[1]
-        ours["speed_ratio"] = speed_ratio(ours, reports[1])
-        ours["same_number_of_priors"] = ours["num_priors"] == reports[1]["num_priors"]
+        theirs = reports[1]
+        ours = dataclasses.replace(
+            ours,
+            torchvision=theirs,
+            speed_ratio=speed_ratio(ours, theirs),
+            same_number_of_priors=ours.num_priors == theirs.num_priors,
+        )
     return ours
 
 
@@ -564,7 +686,7 @@ def benchmark_torchvision(
     images_on_host: bool = False,
     seed: int = 0,
     flops: bool = True,
-) -> dict[str, Any]:
+) -> BenchmarkReport:
     """Time torchvision's SSD (`build_torchvision_ssd512`, or any torchvision `SSD`) alone on the
     images `benchmark` uses (same `seed`, `orig_size`, `batch_size`): the network (backbone +
     head on a normalised batch) and its eval forward end to end (uint8 -> float [0, 1], its
@@ -583,7 +705,7 @@ def benchmark_torchvision(
     )  # fmt: skip
     prepared = _prepare_torchvision(model, run)
     [(net_t, e2e_t, dets)], compile_s = _time([prepared], run)
-    return _report(prepared, net_t, e2e_t, dets, run, compile_s)
+    return _report(prepared, net_t, e2e_t, dets, compile_s)
 
 
 def _pipeline_dict(settings: InferenceSettings) -> dict[str, Any]:
@@ -592,13 +714,21 @@ def _pipeline_dict(settings: InferenceSettings) -> dict[str, Any]:
     return {k: getattr(settings, k) for k in keys}
 
 
-def speed_ratio(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, float]:
+class _Speeds(Protocol):
+    @property
+    def network_fps(self) -> float: ...
+
+    @property
+    def end_to_end_fps(self) -> float: ...
+
+
+def speed_ratio(ours: _Speeds, theirs: _Speeds) -> SpeedRatio:
     """ours / theirs images-per-second (from median latencies): > 1 means we are faster."""
 
     def ratio(a: float, b: float) -> float:
         return a / b if b > 0 else math.inf
 
-    return {
-        "network": ratio(ours["network_fps"], theirs["network_fps"]),
-        "end_to_end": ratio(ours["end_to_end_fps"], theirs["end_to_end_fps"]),
-    }
+    return SpeedRatio(
+        network=ratio(ours.network_fps, theirs.network_fps),
+        end_to_end=ratio(ours.end_to_end_fps, theirs.end_to_end_fps),
+    )

@@ -347,7 +347,7 @@ def compare(
                 model, model.priors(), InferenceSettings.from_config(first.final_cfg), batch_size=1,
                 device=bench_dev, warmup=3, iters=bench_iters, flops=False,
             )  # fmt: skip
-            entry |= {"fps": float(bench["end_to_end_fps"]), "network_fps": float(bench["network_fps"])}
+            entry |= {"fps": float(bench.end_to_end_fps), "network_fps": float(bench.network_fps)}
         else:
             entry |= {"fps": None, "network_fps": None}
         entry |= {

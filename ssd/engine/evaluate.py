@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +170,27 @@ def evaluate_model(
     return score(cfg, split, predict_split(model, cfg, split, device, progress))
 
 
+@dataclass(frozen=True)
+class SpeedFigures:
+    """End-to-end and network images/s (from the median), the median end-to-end batch latency in
+    ms, and how they were measured (`measure_speed`)."""
+
+    end_to_end_fps: float
+    network_fps: float
+    median_ms: float
+    batch_size: int
+    precision: str
+    device: str
+    device_name: str
+    iters: int
+    orig_size: tuple[int, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["orig_size"] = list(self.orig_size)
+        return out
+
+
 def measure_speed(
     model: SSD,
     cfg: Config,
@@ -179,12 +200,11 @@ def measure_speed(
     precision: str = "fp32",
     iters: int | None = None,
     orig_size: tuple[int, int] = (375, 500),
-) -> dict[str, Any]:
+) -> SpeedFigures:
     """End-to-end speed of `model` on `device` (pre-processing of uint8 images, network, decode,
     NMS, rescale; `ssd.engine.benchmark`), median of `iters` timed iterations (default 10 on the
-    CPU, 50 on CUDA) after warm-up. Returns the figures the reports print: `end_to_end_fps`,
-    `network_fps`, `median_ms`, `batch_size`, `precision`, `device`, `device_name`, `iters`,
-    `orig_size`. The model is left in eval mode on `device`."""
+    CPU, 50 on CUDA) after warm-up. Returns the figures the reports print (`SpeedFigures`). The
+    model is left in eval mode on `device`."""
     from ssd.engine.benchmark import benchmark
 
     cuda = device.type == "cuda"
@@ -194,17 +214,17 @@ def measure_speed(
         precision=precision, device=device, warmup=10 if cuda else 2, iters=n, orig_size=orig_size,
         flops=False,
     )  # fmt: skip
-    return {
-        "end_to_end_fps": res["end_to_end_fps"],
-        "network_fps": res["network_fps"],
-        "median_ms": res["end_to_end"]["median_ms"],
-        "batch_size": batch_size,
-        "precision": precision,
-        "device": str(device),
-        "device_name": res["device_name"],
-        "iters": n,
-        "orig_size": list(orig_size),
-    }
+    return SpeedFigures(
+        end_to_end_fps=res.end_to_end_fps,
+        network_fps=res.network_fps,
+        median_ms=res.end_to_end.median_ms,
+        batch_size=batch_size,
+        precision=precision,
+        device=str(device),
+        device_name=res.device_name,
+        iters=n,
+        orig_size=orig_size,
+    )
 
 
 def typical_image_size(cfg: Config, split: str) -> tuple[int, int]:

@@ -43,7 +43,7 @@ import torchvision
 from torch import Tensor, nn
 
 from ssd.config import Config, config_from_dict, config_to_dict, replace
-from ssd.engine.benchmark import benchmark, device_name
+from ssd.engine.benchmark import BenchmarkReport, benchmark, device_name
 from ssd.engine.torchvision_baseline import (
     SSD512_ASPECT_RATIOS,
     SSD512_SCALES,
@@ -221,18 +221,17 @@ def small_torchvision_ssd(cfg: Config, settings: InferenceSettings) -> Any:
     ).eval()  # fmt: skip
 
 
-def _timing_row(res: dict[str, Any]) -> dict[str, Any]:
+def _timing_row(res: BenchmarkReport) -> dict[str, Any]:
     row: dict[str, Any] = {}
-    for part in ("network", "end_to_end"):
-        t = res[part]
+    for part, t in (("network", res.network), ("end_to_end", res.end_to_end)):
         row[part] = {
-            "images_per_s": t["images_per_s"],
-            "p50_ms": t["median_ms"],
-            "p95_ms": _percentile(t["times_ms"], 95),
-            "min_ms": t["min_ms"],
+            "images_per_s": t.images_per_s,
+            "p50_ms": t.median_ms,
+            "p95_ms": _percentile(t.times_ms, 95),
+            "min_ms": t.min_ms,
         }
-    row["detections_per_image"] = res["end_to_end"].get("detections_per_image")
-    row["channels_last"] = res.get("channels_last")
+    row["detections_per_image"] = res.end_to_end.detections_per_image
+    row["channels_last"] = res.channels_last
     return row
 
 
@@ -268,8 +267,9 @@ def run_inference(
                 runs.append(entry)
                 continue
             entry["ours"] = _timing_row(res)
-            entry["torchvision"] = _timing_row(res["torchvision"])
-            entry["speed_ratio"] = res["speed_ratio"]
+            assert res.torchvision is not None and res.speed_ratio is not None
+            entry["torchvision"] = _timing_row(res.torchvision)
+            entry["speed_ratio"] = res.speed_ratio.to_dict()
             entry["peak_memory_mib"] = _peak_mib(dev)
             runs.append(entry)
     model.cpu()

@@ -532,7 +532,7 @@ def _final_report(
 
     try:
         size = typical_image_size(cfg, "val")
-        speed: dict[str, Any] | None = measure_speed(model, cfg, dev, orig_size=size)
+        speed: dict[str, Any] | None = measure_speed(model, cfg, dev, orig_size=size).to_dict()
     except RuntimeError as exc:  # e.g. out of memory: the metrics still get reported
         log.warning("end-to-end speed not measured: %s", exc)
         speed = None
