@@ -43,8 +43,8 @@ def test_network_export_matches_pytorch_with_dynamic_batch(tiny: tuple[Config, S
     path = export_onnx(model, tmp_path / "net.onnx", settings)  # traced at batch 1
     x = _inputs(cfg, 3)
     report = verify_onnx(path, model, x, settings)
-    assert report["ok"], report
-    assert report["max_abs_diff"] < 1e-3
+    assert report.ok, report
+    assert report.max_abs_diff < 1e-3
     out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})
     assert out[0].shape == (3, TINY_PRIORS, cfg.num_classes) and out[1].shape == (3, TINY_PRIORS, 4)
 
@@ -55,7 +55,7 @@ def test_verify_detects_a_different_model(tiny: tuple[Config, SSD], tmp_path: Pa
     path = export_onnx(model, tmp_path / "net.onnx", settings)
     torch.manual_seed(123)
     other = build_model(cfg).eval()
-    assert not verify_onnx(path, other, _inputs(cfg, 1), settings)["ok"]
+    assert not verify_onnx(path, other, _inputs(cfg, 1), settings).ok
 
 
 def test_detections_module_equals_reference_postprocess(tiny: tuple[Config, SSD]) -> None:
@@ -77,11 +77,12 @@ def test_export_with_nms_matches_pytorch(tiny: tuple[Config, SSD], tmp_path: Pat
     settings = InferenceSettings.from_config(cfg)
     path = export_onnx(model, tmp_path / "det.onnx", settings, with_nms=True)
     report = verify_onnx(path, model, _inputs(cfg, 2), settings, with_nms=True)
-    assert report["ok"], report
-    assert [r["detections_onnx"] for r in report["per_image"]] == [
-        r["detections_torch"] for r in report["per_image"]
+    assert report.ok, report
+    assert report.per_image is not None
+    assert [r.detections_onnx for r in report.per_image] == [
+        r.detections_torch for r in report.per_image
     ]
-    assert all(r["detections_onnx"] > 0 for r in report["per_image"])
+    assert all(r.detections_onnx > 0 for r in report.per_image)
 
 
 def test_export_with_nms_and_no_detections(tiny: tuple[Config, SSD], tmp_path: Path) -> None:
@@ -89,8 +90,8 @@ def test_export_with_nms_and_no_detections(tiny: tuple[Config, SSD], tmp_path: P
     settings = dataclasses.replace(InferenceSettings.from_config(cfg), score_threshold=0.999)
     path = export_onnx(model, tmp_path / "none.onnx", settings, with_nms=True)
     report = verify_onnx(path, model, _inputs(cfg, 1), settings, with_nms=True)
-    assert report["ok"], report
-    assert report["per_image"][0]["detections_onnx"] == 0
+    assert report.ok, report
+    assert report.per_image is not None and report.per_image[0].detections_onnx == 0
 
 
 def test_load_model_uses_checkpoint_config_and_weights(

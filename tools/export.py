@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         check = verify_onnx(
             path, model, x, settings, with_nms=args.with_nms, atol=args.atol, rtol=args.rtol, device=device
         )
-        report["verification"] = check
-        ok = bool(check["ok"])
+        report["verification"] = check.to_dict()
+        ok = check.ok
     if args.output_dir:
         out = Path(args.output_dir)
         out.mkdir(parents=True, exist_ok=True)

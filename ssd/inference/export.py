@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,61 @@ def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max()) if a.size else 0.0
 
 
+@dataclass(frozen=True)
+class ImageCheck:
+    """One image of an NMS-graph check: detection counts of PyTorch and ONNX Runtime, the largest
+    box and score differences after matching, and whether they agree."""
+
+    detections_torch: int
+    detections_onnx: int
+    max_abs_diff_boxes: float
+    max_abs_diff_scores: float
+    ok: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class OnnxCheck:
+    """The result of `verify_onnx`: the ONNX file, which graph, how many images, the largest
+    difference and the tolerance it was held to, and `ok`. Network graph: also the largest
+    difference per output and the largest reference magnitude; NMS graph: the largest box and
+    score differences and each image's `ImageCheck`."""
+
+    onnx: str
+    with_nms: bool
+    num_images: int
+    max_abs_diff: float
+    tolerance: float
+    ok: bool
+    max_abs_diff_per_output: dict[str, float] | None = None
+    max_abs_reference: float | None = None
+    max_abs_diff_boxes: float | None = None
+    max_abs_diff_scores: float | None = None
+    per_image: list[ImageCheck] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready dict (the "verification" entry of the export report)."""
+        out: dict[str, Any] = {
+            "onnx": self.onnx,
+            "with_nms": self.with_nms,
+            "num_images": self.num_images,
+            "max_abs_diff": self.max_abs_diff,
+        }
+        if self.with_nms:
+            out["max_abs_diff_boxes"] = self.max_abs_diff_boxes
+            out["max_abs_diff_scores"] = self.max_abs_diff_scores
+            out["tolerance"] = self.tolerance
+            out["per_image"] = [c.to_dict() for c in self.per_image or []]
+        else:
+            out["max_abs_diff_per_output"] = self.max_abs_diff_per_output
+            out["max_abs_reference"] = self.max_abs_reference
+            out["tolerance"] = self.tolerance
+        out["ok"] = self.ok
+        return out
+
+
 def verify_onnx(
     path: str | Path,
     model: SSD,
@@ -141,7 +197,7 @@ def verify_onnx(
     atol: float = 1e-4,
     rtol: float = 1e-4,
     device: str | torch.device = "cpu",
-) -> dict[str, Any]:
+) -> OnnxCheck:
     """Run the ONNX file with onnxruntime (CPU) and PyTorch (on `device`) on `images`
     [N, 3, S, S] (normalised) and compare.
 
@@ -149,13 +205,13 @@ def verify_onnx(
     element is within `atol + rtol * max|reference|`. NMS graph: image by image; `ok` when each
     image gives the same number of detections with the same labels, and boxes / scores within
     `atol + rtol * max|reference|` after matching each detection to the nearest PyTorch one of the
-    same class (near-equal scores may be ordered differently). Returns a JSON-ready report.
+    same class (near-equal scores may be ordered differently). Returns an `OnnxCheck`.
     """
     session = _onnx_session(path)
     dev = torch.device(device)
     model = model.eval().to(dev)
     images = images.float().cpu()
-    report: dict[str, Any] = {"onnx": str(path), "with_nms": with_nms, "num_images": int(images.shape[0])}
+    num_images = int(images.shape[0])
     with torch.no_grad():
         if not with_nms:
             ref = [t.cpu().numpy() for t in TensorOutputs(model)(images.to(dev))]
@@ -163,16 +219,18 @@ def verify_onnx(
             diffs = {name: _max_abs(g, r) for name, g, r in zip(("cls_logits", "box_deltas"), got, ref)}
             scale = max(float(np.abs(r).max()) for r in ref)
             shapes_ok = all(g.shape == r.shape for g, r in zip(got, ref))
-            report.update(
+            return OnnxCheck(
+                onnx=str(path),
+                with_nms=False,
+                num_images=num_images,
                 max_abs_diff=max(diffs.values()),
                 max_abs_diff_per_output=diffs,
                 max_abs_reference=scale,
                 tolerance=atol + rtol * scale,
                 ok=shapes_ok and max(diffs.values()) <= atol + rtol * scale,
             )
-            return report
         module = DetectionsModule(model, settings).eval()
-        per_image = []
+        per_image: list[ImageCheck] = []
         worst_box = worst_score = 0.0
         all_ok = True
         for i in range(images.shape[0]):
@@ -196,21 +254,15 @@ def verify_onnx(
             ok = same_count and same_labels and box_diff <= tol and score_diff <= tol
             all_ok &= ok
             worst_box, worst_score = max(worst_box, box_diff), max(worst_score, score_diff)
-            per_image.append(
-                {
-                    "detections_torch": len(rs),
-                    "detections_onnx": len(gs),
-                    "max_abs_diff_boxes": box_diff,
-                    "max_abs_diff_scores": score_diff,
-                    "ok": ok,
-                }
-            )
-        report.update(
-            max_abs_diff=max(worst_box, worst_score),
-            max_abs_diff_boxes=worst_box,
-            max_abs_diff_scores=worst_score,
-            tolerance=atol + rtol,
-            per_image=per_image,
-            ok=all_ok,
-        )
-    return report
+            per_image.append(ImageCheck(len(rs), len(gs), box_diff, score_diff, ok))
+    return OnnxCheck(
+        onnx=str(path),
+        with_nms=True,
+        num_images=num_images,
+        max_abs_diff=max(worst_box, worst_score),
+        max_abs_diff_boxes=worst_box,
+        max_abs_diff_scores=worst_score,
+        tolerance=atol + rtol,
+        per_image=per_image,
+        ok=all_ok,
+    )
