@@ -113,7 +113,8 @@ def autocast_context(device: torch.device, precision: str) -> contextlib.Abstrac
     return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision])
 
 
-def _synchronizer(device: torch.device) -> Callable[[], None]:
+def synchronizer(device: torch.device) -> Callable[[], None]:
+    """A function that waits for `device` (CUDA synchronisation; nothing to wait for elsewhere)."""
     if device.type == "cuda":
         return lambda: torch.cuda.synchronize(device)
     return lambda: None
@@ -514,7 +515,7 @@ def _time(
     """Time every prepared model's network and end-to-end callables, all interleaved. Returns
     per model (network times, end-to-end times, last end-to-end result) and the duration of the
     first (compiling) round when `compile`."""
-    sync = _synchronizer(run.dev)
+    sync = synchronizer(run.dev)
     fns = [f for p in prepared for f in (p.run_network, p.run_end_to_end)]
     compile_s = None
     try:

@@ -21,9 +21,9 @@ import torch
 from ssd.config import Config
 from ssd.engine.benchmark import (
     TimingSummary,
-    _synchronizer,
     random_images,
     summarize_times,
+    synchronizer,
     time_interleaved,
 )
 from ssd.inference.detector import preprocess
@@ -106,7 +106,7 @@ def benchmark_tiled(
     def tiled() -> list[Detections]:
         return sliced(images)
 
-    times, _ = time_interleaved([untiled, tiled], warmup, iters, _synchronizer(dev))
+    times, _ = time_interleaved([untiled, tiled], warmup, iters, synchronizer(dev))
     un, ti = summarize_times(times[0], batch_size), summarize_times(times[1], batch_size)
     tiles_per_image = sliced.last_num_tiles / batch_size
     return TiledBenchmark(

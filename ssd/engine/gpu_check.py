@@ -43,7 +43,7 @@ import torchvision
 from torch import Tensor, nn
 
 from ssd.config import Config, config_from_dict, config_to_dict, replace
-from ssd.engine.benchmark import BenchmarkReport, benchmark, device_name
+from ssd.engine.benchmark import BenchmarkReport, benchmark, device_name, synchronizer
 from ssd.engine.torchvision_baseline import (
     SSD512_ASPECT_RATIOS,
     SSD512_SCALES,
@@ -328,7 +328,7 @@ def run_training(
     opt = build_optimizer(model, tcfg)
     scaler = torch.amp.GradScaler(dev.type, enabled=rt.grad_scaler)
     crit = MultiBoxLoss(tcfg.matcher.iou_threshold, tcfg.loss.neg_pos_ratio, tcfg.priors.variances)
-    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    sync = synchronizer(dev)
     batches = iter(loader)
     warm, iters = (1, sizes["train_iters"]) if quick else (5, sizes["train_iters"])
     losses: list[float] = []
@@ -433,7 +433,7 @@ def run_check(options: CheckOptions, progress: Callable[[str], None] | None = No
             "torch": torch.__version__,
             "torchvision": torchvision.__version__,
             "cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version() if dev.type == "cuda" else None,
+            "cudnn": torch.backends.cudnn.version() if dev.type == "cuda" else None,  # type: ignore[no-untyped-call, unused-ignore]
             "python": platform.python_version(),
             "cpu_threads": torch.get_num_threads(),
             "quick": options.quick,

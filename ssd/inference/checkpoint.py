@@ -108,7 +108,8 @@ def model_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     trained ones."""
     ema = state.get("ema")
     if isinstance(ema, dict) and isinstance(ema.get("model"), dict):
-        return ema["model"]
+        averaged: dict[str, torch.Tensor] = ema["model"]
+        return averaged
     weights = state["model"]
     assert isinstance(weights, dict)
     return weights

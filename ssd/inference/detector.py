@@ -26,7 +26,8 @@ ImageLike = Tensor | np.ndarray | Image.Image
 def to_uint8_chw(image: ImageLike) -> Tensor:
     """PIL image, HWC numpy array (RGB) or CHW tensor -> uint8 [3, H, W] tensor."""
     if isinstance(image, Image.Image):
-        return TF.pil_to_tensor(image.convert("RGB"))
+        t: Tensor = TF.pil_to_tensor(image.convert("RGB"))
+        return t
     if isinstance(image, np.ndarray):
         arr = image if image.ndim == 3 else image[..., None]
         t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)

@@ -103,7 +103,7 @@ def export_onnx(
         # data-dependent shapes that the NMS graph has on purpose
         warnings.simplefilter("ignore", category=DeprecationWarning)
         warnings.simplefilter("ignore", category=FutureWarning)
-        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)  # type: ignore[attr-defined, unused-ignore]
         warnings.simplefilter("ignore", category=UserWarning)
         torch.onnx.export(
             module,

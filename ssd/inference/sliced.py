@@ -73,7 +73,8 @@ def tile_inputs(
         for x0, y0, x1, y1 in wins.to(torch.int64).tolist():
             crops.append(TF.resize(x[:, y0:y1, x0:x1], [size, size], antialias=True))
     batch = torch.stack(crops).float().div_(255.0)
-    return TF.normalize(batch, list(mean), list(std))
+    out: Tensor = TF.normalize(batch, list(mean), list(std))
+    return out
 
 
 # --------------------------------------------------------------------------- merge
