@@ -127,18 +127,32 @@ def score_with_result(
         ids = list(range(1, len(records) + 1))
         sizes = [(r.height, r.width) for r in records]
         coco = coco_eval(gt_to_coco(gts, cfg.data.classes, ids, sizes), detections_to_coco(dets, ids))
-        return {**coco.to_dict(), "confusion_matrix": confusion(cfg, gts, dets), **extra}, coco
+        return {**coco.to_dict(), "confusion_matrix": confusion(cfg, gts, dets).to_dict(), **extra}, coco
     if metric not in ("voc07", "area"):
         raise ValueError(f"eval.metric: unknown metric {metric!r}")
     voc = evaluate_voc(
         gts, dets, cfg.data.classes, cfg.eval.iou_threshold, "voc07" if metric == "voc07" else "area"
     )
-    return {**voc.to_dict(), "confusion_matrix": confusion(cfg, gts, dets), **extra}, voc
+    return {**voc.to_dict(), "confusion_matrix": confusion(cfg, gts, dets).to_dict(), **extra}, voc
 
 
-def confusion(cfg: Config, gts: list[Any], dets: list[Detections]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ConfusionReport:
+    """A confusion matrix with its row/column `labels` (classes + "background") and the score
+    and IoU thresholds it was counted at."""
+
+    labels: list[str]
+    matrix: list[list[int]]
+    score_threshold: float
+    iou_threshold: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def confusion(cfg: Config, gts: list[Any], dets: list[Detections]) -> ConfusionReport:
     """The confusion matrix (classes + background, see `ssd.evaluation.confusion`) at
-    `eval.confusion_score` and `eval.iou_threshold`, JSON-ready."""
+    `eval.confusion_score` and `eval.iou_threshold`."""
     from ssd.evaluation.confusion import confusion_matrix
 
     matrix = confusion_matrix(
@@ -148,12 +162,12 @@ def confusion(cfg: Config, gts: list[Any], dets: list[Detections]) -> dict[str, 
         iou_threshold=cfg.eval.iou_threshold,
         score_threshold=cfg.eval.confusion_score,
     )
-    return {
-        "labels": [*cfg.data.classes, "background"],
-        "matrix": matrix.tolist(),
-        "score_threshold": cfg.eval.confusion_score,
-        "iou_threshold": cfg.eval.iou_threshold,
-    }
+    return ConfusionReport(
+        labels=[*cfg.data.classes, "background"],
+        matrix=matrix.tolist(),
+        score_threshold=cfg.eval.confusion_score,
+        iou_threshold=cfg.eval.iou_threshold,
+    )
 
 
 def evaluate_model(
