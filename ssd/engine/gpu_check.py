@@ -31,7 +31,6 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,16 +39,10 @@ from typing import Any
 import numpy as np
 import torch
 import torchvision
-from torch import Tensor, nn
 
 from ssd.config import Config, config_from_dict, config_to_dict, replace
 from ssd.engine.benchmark import BenchmarkReport, benchmark, device_name, synchronizer
-from ssd.engine.torchvision_baseline import (
-    SSD512_ASPECT_RATIOS,
-    SSD512_SCALES,
-    SSD512_STEPS,
-    build_torchvision_ssd512,
-)
+from ssd.engine.torchvision_baseline import build_torchvision_ssd512, small_torchvision_ssd
 from ssd.inference.runtime import DeviceCaps, resolve_train_runtime
 from ssd.inference.settings import InferenceSettings
 from ssd.modeling.build import build_model
@@ -192,33 +185,6 @@ def _junit_cases(path: Path) -> list[dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------- 2. inference
-
-
-class _SourceMaps(nn.Module):
-    """Our backbone with torchvision's backbone interface (an ordered dict of source maps)."""
-
-    def __init__(self, backbone: nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
-
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        return OrderedDict((str(i), f) for i, f in enumerate(self.backbone(x)))
-
-
-def small_torchvision_ssd(cfg: Config, settings: InferenceSettings) -> Any:
-    """torchvision's `SSD` (its transform, head, default boxes and post-processing) over a copy of
-    our (small) backbone: the quick check's stand-in for torchvision's full-width SSD512."""
-    from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
-    from torchvision.models.detection.ssd import SSD
-
-    boxes = DefaultBoxGenerator(SSD512_ASPECT_RATIOS, scales=SSD512_SCALES, steps=SSD512_STEPS, clip=False)
-    size = settings.image_size
-    return SSD(
-        _SourceMaps(build_model(cfg).backbone), boxes, (size, size), cfg.num_classes,
-        image_mean=list(settings.mean), image_std=list(settings.std),
-        score_thresh=settings.score_threshold, nms_thresh=settings.nms_iou,
-        detections_per_img=settings.max_detections, topk_candidates=settings.top_k,
-    ).eval()  # fmt: skip
 
 
 def _timing_row(res: BenchmarkReport) -> dict[str, Any]:

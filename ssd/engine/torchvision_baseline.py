@@ -8,12 +8,15 @@ postprocess settings, so that both detectors can be timed in the same process.
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ssd.config import Config
 from ssd.inference.settings import InferenceSettings
+from ssd.modeling.build import build_model
 
 # The original SSD512 default boxes (SSD paper, Caffe SSD512 prototxt) in torchvision's terms:
 # scales are min sizes / 512 plus the last max size, s'_k = sqrt(s_k s_k+1) reproduces max sizes.
@@ -53,8 +56,7 @@ def build_torchvision_ssd512(
     (see `_patch_ssd512_layout`); without, torchvision's stock highres layout is kept.
     Built directly on `device` ("meta" gives a weightless model for shape checks)."""
     from torchvision.models import vgg16
-    from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
-    from torchvision.models.detection.ssd import SSD, _vgg_extractor
+    from torchvision.models.detection.ssd import _vgg_extractor
 
     if settings.image_size != 512:
         raise ValueError(f"torchvision SSD512 comparison needs image_size 512, got {settings.image_size}")
@@ -62,22 +64,46 @@ def build_torchvision_ssd512(
         backbone = _vgg_extractor(vgg16(weights=None), highres=True, trainable_layers=5)
         if match_ssd512_layout:
             _patch_ssd512_layout(backbone)
-        boxes = DefaultBoxGenerator(
-            SSD512_ASPECT_RATIOS, scales=SSD512_SCALES, steps=SSD512_STEPS, clip=False
-        )
-        model = SSD(
-            backbone,
-            boxes,
-            (512, 512),
-            num_classes,
-            image_mean=list(settings.mean),
-            image_std=list(settings.std),
-            score_thresh=settings.score_threshold,
-            nms_thresh=settings.nms_iou,
-            detections_per_img=settings.max_detections,
-            topk_candidates=settings.top_k,
-        )
-    return model.eval()
+        return _torchvision_ssd(backbone, num_classes, settings)
+
+
+def small_torchvision_ssd(cfg: Config, settings: InferenceSettings) -> Any:
+    """torchvision's `SSD` (its transform, head, default boxes and post-processing) over a copy of
+    our (small) backbone: the quick GPU check's stand-in for torchvision's full-width SSD512."""
+    return _torchvision_ssd(_SourceMaps(build_model(cfg).backbone), cfg.num_classes, settings)
+
+
+class _SourceMaps(nn.Module):
+    """Our backbone with torchvision's backbone interface (an ordered dict of source maps)."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return OrderedDict((str(i), f) for i, f in enumerate(self.backbone(x)))
+
+
+def _torchvision_ssd(backbone: nn.Module, num_classes: int, settings: InferenceSettings) -> Any:
+    """torchvision's `SSD` over `backbone` with the SSD512 default boxes at `settings.image_size`
+    and the postprocess settings of `settings` (topk_candidates = top_k), in eval mode."""
+    from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+    from torchvision.models.detection.ssd import SSD
+
+    boxes = DefaultBoxGenerator(SSD512_ASPECT_RATIOS, scales=SSD512_SCALES, steps=SSD512_STEPS, clip=False)
+    size = settings.image_size
+    return SSD(
+        backbone,
+        boxes,
+        (size, size),
+        num_classes,
+        image_mean=list(settings.mean),
+        image_std=list(settings.std),
+        score_thresh=settings.score_threshold,
+        nms_thresh=settings.nms_iou,
+        detections_per_img=settings.max_detections,
+        topk_candidates=settings.top_k,
+    ).eval()
 
 
 def torchvision_default_boxes(model: Any, image_size: int = 512) -> Tensor:
