@@ -198,7 +198,7 @@ class TrainConfig:
     gamma: float = 0.1
     grad_clip: float | None = None
     # Mixed precision on CUDA (CPU runs train in fp32): auto = bf16 where the GPU has native bf16
-    # (compute capability >= 8.0), else fp16 with gradient scaling; none = fp32. See ssd.engine.runtime.
+    # (compute capability >= 8.0), else fp16 with gradient scaling; none = fp32. See ssd.inference.runtime.
     amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
     # cuDNN autotuning of convolution algorithms (CUDA; input shapes are fixed in training).
     cudnn_benchmark: bool = True
@@ -239,7 +239,7 @@ class InferenceConfig:
     """Network precision and memory format of evaluation, prediction, `Detector` and benchmark.
 
     `precision` auto = bf16 on CUDA GPUs with native bf16, fp16 on other CUDA GPUs, fp32 on CPU;
-    decode and NMS always run in fp32. See ssd.engine.runtime."""
+    decode and NMS always run in fp32. See ssd.inference.runtime."""
 
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = True

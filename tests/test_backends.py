@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from ssd import Detector
-from ssd.backends import BACKENDS, BackendError, backend_available, build_network
 from ssd.config import Config, config_from_dict
 from ssd.engine.benchmark import random_images
-from ssd.engine.checkpoint import save_checkpoint
+from ssd.inference.backends import BACKENDS, BackendError, backend_available, build_network
+from ssd.inference.checkpoint import save_checkpoint
 from ssd.modeling.build import build_model
 from ssd.structures import Detections
 from tests.engine.test_benchmark import TINY

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import torch
 
-from ssd.engine import checkpoint as ckpt
-from ssd.engine.checkpoint import FORMAT_KEY, CheckpointError, load_checkpoint, save_checkpoint
+from ssd.inference import checkpoint as ckpt
+from ssd.inference.checkpoint import FORMAT_KEY, CheckpointError, load_checkpoint, save_checkpoint
 
 
 def sample_state(seed: int) -> dict[str, Any]:
@@ -125,3 +125,43 @@ def test_interrupted_first_save_leaves_nothing(tmp_path: Path, monkeypatch: pyte
     with pytest.raises(OSError, match="no space"):
         save_checkpoint(sample_state(0), tmp_path / "last.pt")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_load_model_takes_the_ema_weights_unless_asked_for_the_trained_ones(tmp_path: Path) -> None:
+    from ssd.config import config_from_dict, config_to_dict
+    from ssd.inference.checkpoint import load_model
+    from ssd.modeling.build import build_model
+    from tests.conftest import TINY_PRIORS
+
+    cfg = config_from_dict({"model": {"width_mult": 0.125}, "priors": TINY_PRIORS})
+    torch.manual_seed(0)
+    trained = build_model(cfg).state_dict()
+    averaged = {k: v + 1 if v.is_floating_point() else v for k, v in trained.items()}
+    path = save_checkpoint(
+        {"model": trained, "ema": {"model": averaged}, "config": config_to_dict(cfg)}, tmp_path / "m.pt"
+    )
+    cfg2, model = load_model(path)
+    assert cfg2 == cfg and not model.training
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in averaged.items())
+    _, plain = load_model(path, cfg, ema=False)
+    assert all(torch.equal(plain.state_dict()[k], v) for k, v in trained.items())
+
+
+def test_inference_settings_come_from_the_config() -> None:
+    from ssd.config import config_from_dict
+    from ssd.inference.runtime import DeviceCaps
+    from ssd.inference.settings import InferenceSettings
+
+    cfg = config_from_dict(
+        {
+            "postprocess": {"score_threshold": 0.2, "nms_iou": 0.5, "top_k": 30, "max_detections": 7},
+            "input": {"mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]},
+            "inference": {"precision": "fp16", "channels_last": False},
+        }
+    )
+    s = InferenceSettings.from_config(cfg)
+    assert (s.score_threshold, s.nms_iou, s.top_k, s.max_detections) == (0.2, 0.5, 30, 7)
+    assert (s.image_size, s.mean, s.std, s.variances) == (512, (0.5,) * 3, (0.2,) * 3, (0.1, 0.2))
+    assert s.precision_on(DeviceCaps("cuda", bf16=True)) == "fp16"
+    assert s.precision_on(DeviceCaps("cuda", bf16=True), override="auto") == "bf16"
+    assert not s.channels_last_on(DeviceCaps("cpu"))

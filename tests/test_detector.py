@@ -12,8 +12,8 @@ from PIL import Image
 
 import ssd
 from ssd.config import Config, replace
-from ssd.detector import to_uint8_chw
-from ssd.engine.checkpoint import CheckpointError, save_checkpoint
+from ssd.inference.checkpoint import CheckpointError, save_checkpoint
+from ssd.inference.detector import to_uint8_chw
 from ssd.structures import Detections
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,10 +10,11 @@ import pytest
 import torch
 
 from ssd.config import Config, config_from_dict, config_to_dict, replace
-from ssd.detector import preprocess
-from ssd.engine.benchmark import PipelineSettings, build_pipeline_settings, random_images
-from ssd.engine.checkpoint import CheckpointError, save_checkpoint
-from ssd.export import DetectionsModule, export_onnx, load_inference_model, verify_onnx
+from ssd.engine.benchmark import random_images
+from ssd.inference.checkpoint import CheckpointError, load_model, save_checkpoint
+from ssd.inference.detector import preprocess
+from ssd.inference.export import DetectionsModule, export_onnx, verify_onnx
+from ssd.inference.settings import InferenceSettings
 from ssd.modeling.build import build_model
 from ssd.modeling.ssd import SSD
 from ssd.postprocess import postprocess
@@ -28,7 +30,7 @@ def tiny() -> tuple[Config, SSD]:
 
 
 def _inputs(cfg: Config, n: int, seed: int = 1) -> torch.Tensor:
-    s = build_pipeline_settings(cfg)
+    s = InferenceSettings.from_config(cfg)
     x, _ = preprocess(random_images(n, 90, 120, seed=seed), s.image_size, s.mean, s.std, torch.device("cpu"))
     return x
 
@@ -37,28 +39,28 @@ def test_network_export_matches_pytorch_with_dynamic_batch(tiny: tuple[Config, S
     import onnxruntime as ort
 
     cfg, model = tiny
-    settings = build_pipeline_settings(cfg)
+    settings = InferenceSettings.from_config(cfg)
     path = export_onnx(model, tmp_path / "net.onnx", settings)  # traced at batch 1
     x = _inputs(cfg, 3)
     report = verify_onnx(path, model, x, settings)
-    assert report["ok"], report
-    assert report["max_abs_diff"] < 1e-3
+    assert report.ok, report
+    assert report.max_abs_diff < 1e-3
     out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})
     assert out[0].shape == (3, TINY_PRIORS, cfg.num_classes) and out[1].shape == (3, TINY_PRIORS, 4)
 
 
 def test_verify_detects_a_different_model(tiny: tuple[Config, SSD], tmp_path: Path) -> None:
     cfg, model = tiny
-    settings = build_pipeline_settings(cfg)
+    settings = InferenceSettings.from_config(cfg)
     path = export_onnx(model, tmp_path / "net.onnx", settings)
     torch.manual_seed(123)
     other = build_model(cfg).eval()
-    assert not verify_onnx(path, other, _inputs(cfg, 1), settings)["ok"]
+    assert not verify_onnx(path, other, _inputs(cfg, 1), settings).ok
 
 
 def test_detections_module_equals_reference_postprocess(tiny: tuple[Config, SSD]) -> None:
     cfg, model = tiny
-    settings = build_pipeline_settings(cfg)
+    settings = InferenceSettings.from_config(cfg)
     x = _inputs(cfg, 1)
     with torch.no_grad():
         boxes, scores, labels = DetectionsModule(model, settings)(x)
@@ -72,31 +74,32 @@ def test_detections_module_equals_reference_postprocess(tiny: tuple[Config, SSD]
 
 def test_export_with_nms_matches_pytorch(tiny: tuple[Config, SSD], tmp_path: Path) -> None:
     cfg, model = tiny
-    settings = build_pipeline_settings(cfg)
+    settings = InferenceSettings.from_config(cfg)
     path = export_onnx(model, tmp_path / "det.onnx", settings, with_nms=True)
     report = verify_onnx(path, model, _inputs(cfg, 2), settings, with_nms=True)
-    assert report["ok"], report
-    assert [r["detections_onnx"] for r in report["per_image"]] == [
-        r["detections_torch"] for r in report["per_image"]
+    assert report.ok, report
+    assert report.per_image is not None
+    assert [r.detections_onnx for r in report.per_image] == [
+        r.detections_torch for r in report.per_image
     ]
-    assert all(r["detections_onnx"] > 0 for r in report["per_image"])
+    assert all(r.detections_onnx > 0 for r in report.per_image)
 
 
 def test_export_with_nms_and_no_detections(tiny: tuple[Config, SSD], tmp_path: Path) -> None:
     cfg, model = tiny
-    settings = PipelineSettings(**{**build_pipeline_settings(cfg).__dict__, "score_threshold": 0.999})
+    settings = dataclasses.replace(InferenceSettings.from_config(cfg), score_threshold=0.999)
     path = export_onnx(model, tmp_path / "none.onnx", settings, with_nms=True)
     report = verify_onnx(path, model, _inputs(cfg, 1), settings, with_nms=True)
-    assert report["ok"], report
-    assert report["per_image"][0]["detections_onnx"] == 0
+    assert report.ok, report
+    assert report.per_image is not None and report.per_image[0].detections_onnx == 0
 
 
-def test_load_inference_model_uses_checkpoint_config_and_weights(
+def test_load_model_uses_checkpoint_config_and_weights(
     tiny: tuple[Config, SSD], tmp_path: Path
 ) -> None:
     cfg, model = tiny
     ckpt = save_checkpoint({"model": model.state_dict(), "config": config_to_dict(cfg)}, tmp_path / "m.pt")
-    cfg2, model2 = load_inference_model(ckpt)
+    cfg2, model2 = load_model(ckpt)
     assert cfg2 == cfg
     for (k, a), (_, b) in zip(model.state_dict().items(), model2.state_dict().items()):
         assert torch.equal(a, b), k
@@ -104,8 +107,8 @@ def test_load_inference_model_uses_checkpoint_config_and_weights(
     other = tmp_path / "other.yaml"
     other.write_text(json.dumps({"model": {"width_mult": 0.25}, "priors": TINY["priors"]}))
     with pytest.raises(CheckpointError, match="does not fit"):
-        load_inference_model(ckpt, other)
-    cfg3, _ = load_inference_model(ckpt, overrides=["postprocess.score_threshold=0.5"])
+        load_model(ckpt, config=other)
+    cfg3, _ = load_model(ckpt, overrides=["postprocess.score_threshold=0.5"])
     assert cfg3 == replace(cfg, **{"postprocess.score_threshold": 0.5})
 
 

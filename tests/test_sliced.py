@@ -13,8 +13,9 @@ import ssd
 from ssd.config import Config, config_from_dict, replace
 from ssd.data.tiling import Tiling
 from ssd.engine.evaluate import predict_split, score
+from ssd.inference.settings import InferenceSettings
+from ssd.inference.sliced import SlicedPredictor, merge_detections, seam_flags
 from ssd.modeling.build import build_model
-from ssd.sliced import SlicedPredictor, merge_detections, seam_flags
 from ssd.structures import HeadOutputs
 from tests.conftest import TINY_PRIORS, synthetic_data
 
@@ -43,11 +44,12 @@ def _predictor(model: nn.Module, priors: Tensor, tiling: Tiling) -> SlicedPredic
         model=model,
         priors=priors,
         tiling=tiling,
-        image_size=64,
-        mean=(0.5, 0.5, 0.5),
-        std=(0.25, 0.25, 0.25),
+        settings=InferenceSettings(
+            image_size=64, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), variances=(0.1, 0.2),
+            score_threshold=0.5, nms_iou=0.45, top_k=200, max_detections=200,
+            precision="fp32", channels_last=False,
+        ),
         device=torch.device("cpu"),
-        score_threshold=0.5,
     )
 
 

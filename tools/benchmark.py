@@ -156,10 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm import tqdm
 
-    from ssd.backends import backend_available
-    from ssd.engine.benchmark import benchmark, build_pipeline_settings, build_torchvision_ssd512
-    from ssd.engine.runtime import DeviceCaps, resolve_inference_precision, use_channels_last
-    from ssd.export import load_inference_model
+    from ssd.engine.benchmark import benchmark
+    from ssd.engine.torchvision_baseline import build_torchvision_ssd512
+    from ssd.inference.backends import backend_available
+    from ssd.inference.checkpoint import load_model
+    from ssd.inference.runtime import DeviceCaps
+    from ssd.inference.settings import InferenceSettings
 
     try:
         if args.sweep:
@@ -175,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(exc) if isinstance(exc, argparse.ArgumentTypeError) else f"--orig-size: {exc}")
     if any(b <= 0 for b in batch_sizes) or height <= 0 or width <= 0:
         return fail("--batch-size and --orig-size must be positive")
-    from ssd.engine.device import resolve_device
+    from ssd.inference.device import resolve_device
 
     try:
         device = resolve_device(args.device)
@@ -189,19 +191,19 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     try:
-        cfg, model = load_inference_model(args.checkpoint, args.config, args.overrides)
+        cfg, model = load_model(args.checkpoint, config=args.config, overrides=args.overrides)
     except USAGE_ERRORS as exc:
         return fail(str(exc))
+    settings = InferenceSettings.from_config(cfg)
     caps = DeviceCaps.of(device)
-    precisions = [p or resolve_inference_precision(cfg, caps) for p in precisions]
-    channels_last = args.channels_last if args.channels_last is not None else use_channels_last(cfg, caps)
+    precisions = [p or settings.precision_on(caps) for p in precisions]
+    channels_last = args.channels_last if args.channels_last is not None else settings.channels_last_on(caps)
     channels_last = channels_last and args.backend == "eager"  # the ONNX runtimes pick their own layouts
     if args.backend != "eager":
         if device.type != "cpu" or args.compile or precisions != ["fp32"]:
             return fail(f"--backend {args.backend} runs on --device cpu in fp32 without --compile")
         if not backend_available(args.backend):
             return fail(f"--backend {args.backend}: runtime not installed (pip install 'ssd512[deploy]')")
-    settings = build_pipeline_settings(cfg)
     tv_model = None
     if args.vs_torchvision:
         if settings.image_size != 512:
@@ -226,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             res = benchmark(
                 model, model.priors(), settings, batch_size=bs, precision=precision,
                 torchvision_model=tv_model, **common,
-            )  # fmt: skip
+            ).to_dict()  # fmt: skip
             if tv_model is not None:
                 layout = "torchvision stock highres" if args.torchvision_stock_layout else "SSD512"
                 res["torchvision"]["layout"] = layout
@@ -250,14 +252,14 @@ def main(argv: list[str] | None = None) -> int:
             warmup=warmup, iters=iters, seed=args.seed,
         )  # fmt: skip
         for r in results:
-            r["tiled"] = tiled
-        t = tiled["tiling"]
+            r["tiled"] = tiled.to_dict()
+        t = tiled.tiling
         text += (
             f"\n\nTiled (scale {t['scale']:g}, {t['tile']} px tiles, overlap {t['overlap']}, "
-            f"{tiled['tiles_per_image']:g} tiles per {width}x{height} image, merge {t['merge']}), timed "
+            f"{tiled.tiles_per_image:g} tiles per {width}x{height} image, merge {t['merge']}), timed "
             f"interleaved with the untiled pipeline, batch {args.batch_size}, median of {iters}: "
-            f"untiled {tiled['untiled_fps']:.3f} images/s, tiled {tiled['tiled_fps']:.3f} images/s "
-            f"({tiled['tiled_tiles_per_s']:.2f} tiles/s), {tiled['slowdown']:.2f}x slower"
+            f"untiled {tiled.untiled_fps:.3f} images/s, tiled {tiled.tiled_fps:.3f} images/s "
+            f"({tiled.tiled_tiles_per_s:.2f} tiles/s), {tiled.slowdown:.2f}x slower"
         )
     if args.sweep:
         ok = [r for r in results if "error" not in r]

@@ -10,7 +10,7 @@ from typing import Any
 
 from ssd.config import Config, ConfigError, load_config
 from ssd.data.records import DatasetError
-from ssd.engine.checkpoint import CheckpointError
+from ssd.inference.checkpoint import CheckpointError
 
 USAGE_ERRORS = (ConfigError, DatasetError, CheckpointError, FileNotFoundError)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ssd.data.records import DatasetError
-from ssd.engine.device import resolve_device
+from ssd.inference.device import resolve_device
 
 METRICS = ("voc07", "area", "coco")
 
@@ -156,7 +156,7 @@ def evaluate_checkpoint_cli(args: argparse.Namespace) -> int:
     """Checkpoint mode: evaluate `--checkpoint` on the `--split` of its dataset: the config stored
     in the checkpoint, or `--config` when given; `--set` overrides either."""
     from ssd.config import ConfigError
-    from ssd.engine.checkpoint import CheckpointError
+    from ssd.inference.checkpoint import CheckpointError
 
     if args.checkpoint is None:
         return _error(
@@ -170,19 +170,14 @@ def evaluate_checkpoint_cli(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ssd.data.loader import build_records
-    from ssd.engine.evaluate import (
-        load_for_evaluation,
-        measure_speed,
-        predict_split,
-        score_with_result,
-        typical_image_size,
-    )
+    from ssd.engine.evaluate import measure_speed, predict_split, score_with_result, typical_image_size
     from ssd.evaluation.report import plot_pr_curves, summary_text, write_run_report
+    from ssd.inference.checkpoint import load_model
 
     split = args.split or "val"
     try:
         device = resolve_device(args.device or "auto")
-        cfg, model = load_for_evaluation(args.checkpoint, None, args.config, overrides)
+        cfg, model = load_model(args.checkpoint, config=args.config, overrides=overrides)
         model.to(device)
         total = len(build_records(cfg, split))
         with tqdm(total=total, desc=f"evaluate {split}", file=sys.stderr, disable=args.quiet) as bar:
@@ -201,7 +196,7 @@ def evaluate_checkpoint_cli(args: argparse.Namespace) -> int:
         "split": split,
     }
     summary.update(sources)
-    summary["speed"] = speed
+    summary["speed"] = None if speed is None else speed.to_dict()
     summary["sources"] = sources
     if args.output_dir is not None:
         paths = write_run_report(summary, args.output_dir, f"Evaluation of {args.checkpoint} on {split}")

@@ -53,9 +53,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from ssd.detector import preprocess
-    from ssd.engine.benchmark import build_pipeline_settings, random_images
-    from ssd.export import export_onnx, load_inference_model, verify_onnx
+    from ssd.engine.benchmark import random_images
+    from ssd.inference.checkpoint import load_model
+    from ssd.inference.detector import preprocess
+    from ssd.inference.export import export_onnx, verify_onnx
+    from ssd.inference.settings import InferenceSettings
 
     try:
         height, width = (int(v) for v in args.sample_size.lower().split("x"))
@@ -63,16 +65,16 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"--sample-size: expected HxW, e.g. 375x500, got {args.sample_size!r}")
     if args.num_samples <= 0 or height <= 0 or width <= 0:
         return fail("--num-samples and --sample-size must be positive")
-    from ssd.engine.device import resolve_device
+    from ssd.inference.device import resolve_device
 
     try:
         device = resolve_device(args.device)
-        cfg, model = load_inference_model(args.checkpoint, args.config, args.overrides)
+        cfg, model = load_model(args.checkpoint, config=args.config, overrides=args.overrides)
     except USAGE_ERRORS as exc:
         return fail(str(exc))
     if args.checkpoint is None:
         print("warning: no --checkpoint, exporting random weights", file=sys.stderr)
-    settings = build_pipeline_settings(cfg)
+    settings = InferenceSettings.from_config(cfg)
     path = export_onnx(model, args.onnx, settings, with_nms=args.with_nms, opset=args.opset)
     report: dict[str, Any] = {
         "onnx": str(path),
@@ -93,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         check = verify_onnx(
             path, model, x, settings, with_nms=args.with_nms, atol=args.atol, rtol=args.rtol, device=device
         )
-        report["verification"] = check
-        ok = bool(check["ok"])
+        report["verification"] = check.to_dict()
+        ok = check.ok
     if args.output_dir:
         out = Path(args.output_dir)
         out.mkdir(parents=True, exist_ok=True)

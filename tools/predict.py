@@ -121,19 +121,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from ssd.data.image import read_image
     from ssd.data.records import DatasetError
-    from ssd.detector import Detector
-    from ssd.engine.checkpoint import config_for_checkpoint, load_checkpoint
-    from ssd.engine.device import resolve_device
+    from ssd.inference.checkpoint import load_model
+    from ssd.inference.detector import Detector
+    from ssd.inference.device import resolve_device
 
     out_dir = Path(args.output_dir)
     if out_dir.exists() and not out_dir.is_dir():
         return fail(f"--output-dir {out_dir}: exists and is not a folder")
     try:
         device = resolve_device(args.device)
-        state = load_checkpoint(args.checkpoint) if args.checkpoint else None
-        cfg = config_for_checkpoint(state, args.checkpoint, args.config, args.overrides)
+        cfg, model = load_model(args.checkpoint or None, config=args.config, overrides=args.overrides)
         files = _collect(args.images)
-        detector = Detector(cfg, args.checkpoint, device=device)
+        detector = Detector.from_model(cfg, model, device=device)
         ids = _coco_ids(args.annotations, cfg.data.classes) if args.annotations else None
     except USAGE_ERRORS as exc:
         return fail(str(exc))

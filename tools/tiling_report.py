@@ -14,9 +14,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tools.common import USAGE_ERRORS, fail, print_json, setup_logging
+
+if TYPE_CHECKING:
+    from ssd.engine.tiling_report import RunReport
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (Path(path) / "config.yaml").is_file():
             return fail(f"--run {item!r}: {path}/config.yaml not found")
         runs[name] = path
-    results: dict[str, Any] = {}
+    results: dict[str, RunReport] = {}
     try:
         for name, path in runs.items():
             print(f"evaluating {name} ({path})", file=sys.stderr)
@@ -58,12 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     except USAGE_ERRORS as exc:
         return fail(str(exc))
     text = report_markdown(results)
+    as_json = {name: r.to_dict() for name, r in results.items()}
     if args.output_dir is not None:
         args.output_dir.mkdir(parents=True, exist_ok=True)
-        (args.output_dir / "report.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+        (args.output_dir / "report.json").write_text(json.dumps(as_json, indent=2, default=float) + "\n")
         (args.output_dir / "report.md").write_text(text, encoding="utf-8")
     if args.json:
-        print_json(results)
+        print_json(as_json)
     else:
         print(text)
     return 0

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if not main_process:  # one voice: other ranks report warnings and errors only
         logging.getLogger().setLevel(logging.WARNING)
 
-    from ssd.engine.device import resolve_device
+    from ssd.inference.device import resolve_device
 
     try:
         device = resolve_device(args.device)  # before anything is created

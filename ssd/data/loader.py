@@ -427,19 +427,23 @@ def _refuse_bad_val(cfg: Config) -> None:
         )
 
 
-def build_eval_loader(cfg: Config, split: Split | str = "val") -> DataLoader[Sample | LoadFailure]:
+def build_eval_loader(cfg: Config, split: Split | str = "val", *, raw: bool = False) -> DataLoader[Any]:
     """One ordered pass over `split` (resize only), batches of `eval.batch_size`. Yields
-    `Batch`es; `loader.dataset.records` are the records in loader order (with
-    `data.skip_invalid`, samples whose annotation or image header is unusable are left out and
-    listed in `loader.dataset.left_out`, a DatasetError each).
+    `Batch`es; with `raw` (sliced inference) the samples are the whole uint8 images with their
+    boxes, unresized, and a batch is the plain list of its samples. `loader.dataset.records`
+    are the records in loader order (with `data.skip_invalid`, samples whose annotation or
+    image header is unusable are left out and listed in `loader.dataset.left_out`, a
+    DatasetError each).
 
     An image that does not decode (a truncated file whose header was fine) is not replaced:
     with `data.skip_invalid` it is left out of its batch and listed in `Batch.skipped`,
     otherwise its error is in `Batch.errors` (iterate through `checked` to raise it)."""
     left_out: list[DatasetError] = []
     records = build_records(cfg, split, open_images=True, left_out=left_out)
-    transform = build_transforms(
-        cfg.augment, cfg.priors.image_size, cfg.input.mean, cfg.input.std, train=False
+    transform: Transform = (
+        _raw
+        if raw
+        else build_transforms(cfg.augment, cfg.priors.image_size, cfg.input.mean, cfg.input.std, train=False)
     )
     dataset = DetectionDataset(
         records,
@@ -450,4 +454,17 @@ def build_eval_loader(cfg: Config, split: Split | str = "val") -> DataLoader[Sam
         return_failures=True,
     )
     dataset.left_out = left_out
-    return DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False, **_loader_kwargs(cfg))
+    kwargs = _loader_kwargs(cfg)
+    if raw:  # whole images of different sizes: the batch stays a list
+        kwargs = {"num_workers": cfg.data.num_workers, "collate_fn": _as_list}
+    return DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False, **kwargs)
+
+
+def _raw(
+    image: Tensor, boxes: Tensor, labels: Tensor, difficult: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return image, boxes, labels, difficult
+
+
+def _as_list(samples: list[Any]) -> list[Any]:
+    return samples

@@ -15,7 +15,7 @@ per pixel (it commutes with the warp up to interpolation) and costs 0.75 s on a 
 against 0.02 s at 512x512 (measured, one CPU thread). The one difference: the zoom-out fill gets
 distorted too instead of staying exactly the mean colour.
 Evaluation: resize + float + normalise only (no box is dropped), exactly as
-`ssd.detector.preprocess` does at inference time.
+`ssd.inference.detector.preprocess` does at inference time.
 
 All randomness comes from torch's global generator: `DetectionDataset` seeds it per item.
 """

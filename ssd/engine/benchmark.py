@@ -3,7 +3,7 @@
 Two timed loops share the same seeded uint8 images:
 
 - network: forward of the pre-normalised float batch [B, 3, S, S] already on the device;
-- end to end: uint8 images [3, H, W] -> resize + normalise on the device (`ssd.detector.preprocess`)
+- end to end: uint8 images [3, H, W] -> resize + normalise on the device (`ssd.inference.detector.preprocess`)
   -> network -> `ssd.postprocess.postprocess` (softmax, decode, score filter, per-class top-k, one
   batched NMS, per-image cap, rescale to original pixels) -> per-image `Detections`.
 
@@ -13,21 +13,22 @@ see the same share of a shared machine's background load. FLOPs are counted once
 `torch.utils.flop_counter.FlopCounterMode` (a multiply-add is 2 FLOPs) on a meta-device copy of
 the network, so counting costs no real compute.
 
-`build_torchvision_ssd512` builds torchvision's `SSD` (torchvision calls priors "default boxes"
-or anchors) with its VGG-16 highres extractor for the same measurement in the same process.
+torchvision's SSD512 (`ssd.engine.torchvision_baseline.build_torchvision_ssd512`) is timed the
+same way, in the same process (`benchmark(..., torchvision_model=...)`, `benchmark_torchvision`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import math
 import platform
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -35,9 +36,10 @@ import torchvision
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ssd.config import Config
-from ssd.detector import preprocess
-from ssd.postprocess import postprocess
+from ssd.engine.torchvision_baseline import torchvision_default_boxes
+from ssd.inference.backends import TensorOutputs
+from ssd.inference.detector import preprocess
+from ssd.inference.settings import InferenceSettings
 from ssd.structures import Detections, HeadOutputs
 
 log = logging.getLogger(__name__)
@@ -54,59 +56,6 @@ PEAK_BF16_DENSE_TFLOPS: tuple[tuple[str, float], ...] = (
     ("H200", 989.4),
     ("A100", 312.0),
 )
-
-# The original SSD512 default boxes (SSD paper, Caffe SSD512 prototxt) in torchvision's terms:
-# scales are min sizes / 512 plus the last max size, s'_k = sqrt(s_k s_k+1) reproduces max sizes.
-SSD512_ASPECT_RATIOS: list[list[int]] = [[2], [2, 3], [2, 3], [2, 3], [2, 3], [2], [2]]
-SSD512_SCALES: list[float] = [s / 512.0 for s in (35.84, 76.8, 153.6, 230.4, 307.2, 384.0, 460.8, 537.6)]
-SSD512_STEPS: list[int] = [8, 16, 32, 64, 128, 256, 512]
-
-
-@dataclass(frozen=True)
-class PipelineSettings:
-    """Everything the end-to-end pipeline needs besides the model and its priors.
-
-    `image_size` S is the square network input in pixels; `mean`/`std` apply to [0, 1] RGB;
-    the rest are the postprocess settings of `ssd.postprocess.postprocess`.
-    """
-
-    image_size: int = 512
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    variances: tuple[float, float] = (0.1, 0.2)
-    score_threshold: float = 0.01
-    nms_iou: float = 0.45
-    top_k: int = 200
-    max_detections: int = 200
-
-
-def build_pipeline_settings(cfg: Config) -> PipelineSettings:
-    """The `PipelineSettings` of a config."""
-    pp = cfg.postprocess
-    return PipelineSettings(
-        image_size=cfg.priors.image_size,
-        mean=cfg.input.mean,
-        std=cfg.input.std,
-        variances=cfg.priors.variances,
-        score_threshold=pp.score_threshold,
-        nms_iou=pp.nms_iou,
-        top_k=pp.top_k,
-        max_detections=pp.max_detections,
-    )
-
-
-class TensorOutputs(nn.Module):
-    """`forward(images [B, 3, S, S]) -> (cls_logits [B, P, C], box_deltas [B, P, 4])`: the
-    network with plain tensor outputs (for torch.compile, tracing and ONNX export)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        out = self.model(images)
-        return out.cls_logits, out.box_deltas
-
 
 # --------------------------------------------------------------------------- helpers
 
@@ -164,7 +113,8 @@ def autocast_context(device: torch.device, precision: str) -> contextlib.Abstrac
     return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision])
 
 
-def _synchronizer(device: torch.device) -> Callable[[], None]:
+def synchronizer(device: torch.device) -> Callable[[], None]:
+    """A function that waits for `device` (CUDA synchronisation; nothing to wait for elsewhere)."""
     if device.type == "cuda":
         return lambda: torch.cuda.synchronize(device)
     return lambda: None
@@ -180,7 +130,31 @@ def count_flops(model: nn.Module, image_size: int) -> int:
     return int(counter.get_total_flops())
 
 
-def summarize_times(times_s: Sequence[float], batch_size: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class TimingSummary:
+    """Per-iteration batch latencies summarised: median / mean / p90 / min / max in ms,
+    `images_per_s` (from the median) and `images_per_s_mean` (from the mean), every time in ms;
+    `detections_per_image` (mean) for an end-to-end timing."""
+
+    iters: int
+    median_ms: float
+    mean_ms: float
+    p90_ms: float
+    min_ms: float
+    max_ms: float
+    images_per_s: float
+    images_per_s_mean: float
+    times_ms: list[float]
+    detections_per_image: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        if self.detections_per_image is None:
+            del out["detections_per_image"]
+        return out
+
+
+def summarize_times(times_s: Sequence[float], batch_size: int) -> TimingSummary:
     """Per-iteration batch latencies (seconds) -> median / mean / p90 / min in ms and images/s
     (`images_per_s` from the median, `images_per_s_mean` from the mean)."""
     if not times_s:
@@ -188,17 +162,17 @@ def summarize_times(times_s: Sequence[float], batch_size: int) -> dict[str, Any]
     t = np.asarray(times_s, dtype=np.float64) * 1e3
     median = float(np.median(t))
     mean = float(t.mean())
-    return {
-        "iters": len(times_s),
-        "median_ms": median,
-        "mean_ms": mean,
-        "p90_ms": float(np.percentile(t, 90)),
-        "min_ms": float(t.min()),
-        "max_ms": float(t.max()),
-        "images_per_s": batch_size / (median / 1e3),
-        "images_per_s_mean": batch_size / (mean / 1e3),
-        "times_ms": [float(v) for v in t],
-    }
+    return TimingSummary(
+        iters=len(times_s),
+        median_ms=median,
+        mean_ms=mean,
+        p90_ms=float(np.percentile(t, 90)),
+        min_ms=float(t.min()),
+        max_ms=float(t.max()),
+        images_per_s=batch_size / (median / 1e3),
+        images_per_s_mean=batch_size / (mean / 1e3),
+        times_ms=[float(v) for v in t],
+    )
 
 
 def time_interleaved(
@@ -260,45 +234,147 @@ def _input_images(
     return [im.to(dev) for im in host]
 
 
+@dataclass(frozen=True)
+class _Run:
+    """The settings of one timed run, shared by every model it times (see `benchmark`)."""
+
+    batch_size: int
+    precision: str
+    dev: torch.device
+    channels_last: bool
+    compile: bool
+    compile_mode: str
+    orig_size: tuple[int, int]
+    images_on_host: bool
+    seed: int
+    flops: bool
+    warmup: int
+    iters: int
+
+
+@dataclass(frozen=True)
+class SpeedRatio:
+    """ours / theirs images per second (from median latencies): > 1 means we are faster."""
+
+    network: float
+    end_to_end: float
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class _ModelInfo:
+    """The static part of a model's report (see `BenchmarkReport`)."""
+
+    model: str
+    backend: str | None
+    compile_mode: str | None
+    image_size: int
+    num_priors: int
+    settings: InferenceSettings | None
+    flops_per_image: int | None
+    includes: dict[str, str]
+
+
+# entries left out of `BenchmarkReport.to_dict` when None (torchvision's report has no backend
+# and no settings; only a comparison has the last three)
+_OPTIONAL = ("backend", "settings", "torchvision", "speed_ratio", "same_number_of_priors")
+
+
+@dataclass(frozen=True)
+class BenchmarkReport:
+    """What `benchmark` / `benchmark_torchvision` measured: the model ("ours" or "torchvision"),
+    its `backend` (ours), `compile_mode`, `image_size`, `num_priors`, pipeline `settings` (ours),
+    FLOPs per image, what each timing `includes`, the run settings, the `network` and
+    `end_to_end` timings and their images/s (`network_fps`, `end_to_end_fps`), achieved TFLOP/s
+    and share of the GPU's dense bf16 peak (None when unknown or on CPU), versions; with a
+    comparison also `torchvision` (its report), `speed_ratio` and `same_number_of_priors`."""
+
+    model: str
+    backend: str | None
+    compile_mode: str | None
+    image_size: int
+    num_priors: int
+    settings: InferenceSettings | None
+    flops_per_image: int | None
+    includes: dict[str, str]
+    device: str
+    device_name: str
+    batch_size: int
+    precision: str
+    channels_last: bool
+    compile: bool
+    compile_s: float | None
+    warmup: int
+    iters: int
+    orig_size: tuple[int, int]
+    images_on_host: bool
+    network: TimingSummary
+    end_to_end: TimingSummary
+    network_fps: float
+    end_to_end_fps: float
+    network_tflops: float | None
+    end_to_end_tflops: float | None
+    peak_bf16_tflops: float | None
+    peak_share: float | None
+    end_to_end_peak_share: float | None
+    num_threads: int
+    torch_version: str
+    torchvision_version: str
+    torchvision: BenchmarkReport | None = None
+    speed_ratio: SpeedRatio | None = None
+    same_number_of_priors: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready dict (`benchmark.json`)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.name in _OPTIONAL:
+                continue
+            if isinstance(value, (TimingSummary, BenchmarkReport, SpeedRatio)):
+                value = value.to_dict()
+            elif isinstance(value, InferenceSettings):
+                value = _pipeline_dict(value)
+            elif f.name == "orig_size":
+                value = list(value)
+            out[f.name] = value
+        return out
+
+
 @dataclass
 class _Prepared:
     """One model ready to time: its two timed callables, how to undo the preparation, how to
-    count detections in an end-to-end result, and the static part of its report."""
+    count detections in an end-to-end result, the static part of its report and its run."""
 
     run_network: Callable[[], Any]
     run_end_to_end: Callable[[], Any]
     restore: Callable[[], None]
     count_detections: Callable[[Any], float]
-    info: dict[str, Any]
+    info: _ModelInfo
+    run: _Run
 
 
 def _prepare_ours(
     model: nn.Module,
     priors: Tensor,
-    settings: PipelineSettings,
-    *,
-    batch_size: int,
-    precision: str,
-    dev: torch.device,
-    channels_last: bool,
-    compile: bool,
-    compile_mode: str,
-    orig_size: tuple[int, int],
-    images_on_host: bool,
-    seed: int,
-    flops: bool,
+    settings: InferenceSettings,
+    run: _Run,
     backend: str = "eager",
     onnx_path: str | None = None,
 ) -> _Prepared:
+    precision, dev, channels_last, compile = run.precision, run.dev, run.channels_last, run.compile
+    compile_mode, orig_size, images_on_host = run.compile_mode, run.orig_size, run.images_on_host
     autocast = autocast_context(dev, precision)  # validates precision
     size = settings.image_size
-    flops_per_image = count_flops(model, size) if flops else None  # before the move: copies on CPU
+    flops_per_image = count_flops(model, size) if run.flops else None  # before the move: copies on CPU
     model.eval().to(dev)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     net: Callable[[Tensor], tuple[Tensor, Tensor]] = TensorOutputs(model)
     if backend != "eager":  # ONNX Runtime / OpenVINO on the exported network (CPU, fp32)
-        from ssd.backends import build_network
+        from ssd.inference.backends import build_network
 
         if compile or precision != "fp32" or dev.type != "cpu":
             raise ValueError(f"backend {backend!r} runs on the CPU in fp32 without torch.compile")
@@ -306,7 +382,7 @@ def _prepare_ours(
     if compile:
         net = torch.compile(net, mode=compile_mode)
     priors = priors.detach().to(dev, torch.float32)
-    images = _input_images(batch_size, orig_size, seed, images_on_host, dev)
+    images = _input_images(run.batch_size, orig_size, run.seed, images_on_host, dev)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     x, _ = preprocess(images, size, settings.mean, settings.std, dev)
     x = x.contiguous(memory_format=memory_format)
@@ -320,16 +396,7 @@ def _prepare_ours(
         batch = batch.contiguous(memory_format=memory_format)
         with autocast:
             logits, deltas = net(batch)
-        return postprocess(
-            HeadOutputs(logits, deltas),
-            priors,
-            sizes,
-            variances=settings.variances,
-            score_threshold=settings.score_threshold,
-            nms_iou=settings.nms_iou,
-            top_k=settings.top_k,
-            max_detections=settings.max_detections,
-        )
+        return settings.postprocess(HeadOutputs(logits, deltas), priors, sizes)
 
     def restore() -> None:
         if channels_last:
@@ -339,15 +406,15 @@ def _prepare_ours(
     if backend == "eager" and channels_last:
         mode += ", channels_last"
     amp = "fp32" if precision == "fp32" else f"autocast {precision}"
-    info = {
-        "model": "ours",
-        "backend": backend,
-        "compile_mode": compile_mode if compile else None,
-        "image_size": size,
-        "num_priors": int(priors.shape[0]),
-        "settings": asdict(settings),
-        "flops_per_image": flops_per_image,
-        "includes": {
+    info = _ModelInfo(
+        model="ours",
+        backend=backend,
+        compile_mode=compile_mode if compile else None,
+        image_size=size,
+        num_priors=int(priors.shape[0]),
+        settings=settings,
+        flops_per_image=flops_per_image,
+        includes={
             "network": (
                 f"network forward only ({mode}, {amp}) on a pre-normalised float [B,3,{size},{size}] "
                 "batch already on the device; device synchronised after every iteration"
@@ -359,32 +426,21 @@ def _prepare_ours(
                 "per-image Detections; device synchronised after every iteration"
             ),
         },
-    }
+    )
     return _Prepared(
-        run_network, run_end_to_end, restore, lambda dets: float(np.mean([len(d) for d in dets])), info
+        run_network, run_end_to_end, restore, lambda dets: float(np.mean([len(d) for d in dets])), info, run
     )
 
 
-def _prepare_torchvision(
-    model: Any,
-    *,
-    batch_size: int,
-    precision: str,
-    dev: torch.device,
-    channels_last: bool,
-    compile: bool,
-    compile_mode: str,
-    orig_size: tuple[int, int],
-    images_on_host: bool,
-    seed: int,
-    flops: bool,
-) -> _Prepared:
+def _prepare_torchvision(model: Any, run: _Run) -> _Prepared:
+    precision, dev, channels_last, compile = run.precision, run.dev, run.channels_last, run.compile
+    compile_mode, orig_size, images_on_host = run.compile_mode, run.orig_size, run.images_on_host
     autocast = autocast_context(dev, precision)
     model.eval()
     size = int(model.transform.fixed_size[0])
     num_priors = int(torchvision_default_boxes(model, size).shape[0])
     flops_per_image = None
-    if flops:  # backbone + head, on meta copies
+    if run.flops:  # backbone + head, on meta copies
         meta_backbone = copy.deepcopy(model.backbone).to("meta")
         meta_head = copy.deepcopy(model.head).to("meta")
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -398,7 +454,7 @@ def _prepare_torchvision(
     if compile:
         model.backbone = torch.compile(backbone, mode=compile_mode)
         model.head = torch.compile(head, mode=compile_mode)
-    images = _input_images(batch_size, orig_size, seed, images_on_host, dev)
+    images = _input_images(run.batch_size, orig_size, run.seed, images_on_host, dev)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     with torch.no_grad():
         floats = [im.to(dev).float().div(255.0) for im in images]
@@ -422,13 +478,15 @@ def _prepare_torchvision(
 
     mode = f"backbone+head torch.compile(mode={compile_mode!r})" if compile else "eager"
     amp = "fp32" if precision == "fp32" else f"autocast {precision}"
-    info = {
-        "model": "torchvision",
-        "compile_mode": compile_mode if compile else None,
-        "image_size": size,
-        "num_priors": num_priors,
-        "flops_per_image": flops_per_image,
-        "includes": {
+    info = _ModelInfo(
+        model="torchvision",
+        backend=None,
+        compile_mode=compile_mode if compile else None,
+        image_size=size,
+        num_priors=num_priors,
+        settings=None,
+        flops_per_image=flops_per_image,
+        includes={
             "network": (
                 f"torchvision SSD backbone + head ({mode}, {amp}) on a normalised float "
                 f"[B,3,{size},{size}] batch already on the device; device synchronised"
@@ -440,39 +498,35 @@ def _prepare_torchvision(
                 "batched NMS, rescale; device synchronised"
             ),
         },
-    }
+    )
     return _Prepared(
         run_network,
         run_end_to_end,
         restore,
         lambda dets: float(np.mean([len(d["scores"]) for d in dets])),
         info,
+        run,
     )
 
 
-def _run(
-    prepared: Sequence[_Prepared],
-    *,
-    dev: torch.device,
-    warmup: int,
-    iters: int,
-    compile: bool,
+def _time(
+    prepared: Sequence[_Prepared], run: _Run
 ) -> tuple[list[tuple[list[float], list[float], Any]], float | None]:
     """Time every prepared model's network and end-to-end callables, all interleaved. Returns
     per model (network times, end-to-end times, last end-to-end result) and the duration of the
     first (compiling) round when `compile`."""
-    sync = _synchronizer(dev)
+    sync = synchronizer(run.dev)
     fns = [f for p in prepared for f in (p.run_network, p.run_end_to_end)]
     compile_s = None
     try:
-        with torch.inference_mode(), _cudnn_benchmark(dev):
-            if compile:
+        with torch.inference_mode(), _cudnn_benchmark(run.dev):
+            if run.compile:
                 start = time.perf_counter()
                 for fn in fns:
                     fn()
                 sync()
                 compile_s = time.perf_counter() - start
-            times, results = time_interleaved(fns, warmup, iters, sync)
+            times, results = time_interleaved(fns, run.warmup, run.iters, sync)
     finally:
         for p in prepared:
             p.restore()
@@ -485,54 +539,47 @@ def _report(
     net_times: list[float],
     e2e_times: list[float],
     detections: Any,
-    *,
-    dev: torch.device,
-    batch_size: int,
-    precision: str,
-    warmup: int,
-    iters: int,
-    channels_last: bool,
-    compile: bool,
     compile_s: float | None,
-    orig_size: tuple[int, int],
-    images_on_host: bool,
-) -> dict[str, Any]:
+) -> BenchmarkReport:
+    run, info = prepared.run, prepared.info
+    dev, batch_size = run.dev, run.batch_size
     network = summarize_times(net_times, batch_size)
-    end_to_end = summarize_times(e2e_times, batch_size)
-    end_to_end["detections_per_image"] = prepared.count_detections(detections)
+    end_to_end = dataclasses.replace(
+        summarize_times(e2e_times, batch_size), detections_per_image=prepared.count_detections(detections)
+    )
     name = device_name(dev)
-    flops_per_image = prepared.info["flops_per_image"]
+    flops_per_image = info.flops_per_image
     net_tflops = e2e_tflops = None
     if flops_per_image is not None:
-        net_tflops = flops_per_image * network["images_per_s"] / 1e12
-        e2e_tflops = flops_per_image * end_to_end["images_per_s"] / 1e12
+        net_tflops = flops_per_image * network.images_per_s / 1e12
+        e2e_tflops = flops_per_image * end_to_end.images_per_s / 1e12
     peak = peak_bf16_tflops(name) if dev.type == "cuda" else None
-    return {
-        **prepared.info,
-        "device": str(dev),
-        "device_name": name,
-        "batch_size": batch_size,
-        "precision": precision,
-        "channels_last": channels_last,
-        "compile": compile,
-        "compile_s": compile_s,
-        "warmup": warmup,
-        "iters": iters,
-        "orig_size": list(orig_size),
-        "images_on_host": bool(images_on_host and dev.type == "cuda"),
-        "network": network,
-        "end_to_end": end_to_end,
-        "network_fps": network["images_per_s"],
-        "end_to_end_fps": end_to_end["images_per_s"],
-        "network_tflops": net_tflops,
-        "end_to_end_tflops": e2e_tflops,
-        "peak_bf16_tflops": peak,
-        "peak_share": None if peak is None or net_tflops is None else net_tflops / peak,
-        "end_to_end_peak_share": None if peak is None or e2e_tflops is None else e2e_tflops / peak,
-        "num_threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
-        "torchvision_version": torchvision.__version__,
-    }
+    return BenchmarkReport(
+        **{f.name: getattr(info, f.name) for f in dataclasses.fields(info)},
+        device=str(dev),
+        device_name=name,
+        batch_size=batch_size,
+        precision=run.precision,
+        channels_last=run.channels_last,
+        compile=run.compile,
+        compile_s=compile_s,
+        warmup=run.warmup,
+        iters=run.iters,
+        orig_size=run.orig_size,
+        images_on_host=bool(run.images_on_host and dev.type == "cuda"),
+        network=network,
+        end_to_end=end_to_end,
+        network_fps=network.images_per_s,
+        end_to_end_fps=end_to_end.images_per_s,
+        network_tflops=net_tflops,
+        end_to_end_tflops=e2e_tflops,
+        peak_bf16_tflops=peak,
+        peak_share=None if peak is None or net_tflops is None else net_tflops / peak,
+        end_to_end_peak_share=None if peak is None or e2e_tflops is None else e2e_tflops / peak,
+        num_threads=torch.get_num_threads(),
+        torch_version=torch.__version__,
+        torchvision_version=torchvision.__version__,
+    )
 
 
 # --------------------------------------------------------------------------- ours
@@ -541,7 +588,7 @@ def _report(
 def benchmark(
     model: nn.Module,
     priors: Tensor,
-    settings: PipelineSettings,
+    settings: InferenceSettings,
     *,
     batch_size: int = 1,
     precision: str = "fp32",
@@ -559,7 +606,7 @@ def benchmark(
     backend: str = "eager",
     onnx_path: str | None = None,
     torchvision_channels_last: bool | None = None,
-) -> dict[str, Any]:
+) -> BenchmarkReport:
     """Time an SSD `model` (forward(images [B, 3, S, S]) -> HeadOutputs) with its `priors`
     [P, 4] cxcywh relative: the network alone and end to end (see the module docstring).
 
@@ -571,18 +618,19 @@ def benchmark(
     `orig_size` (H, W); with `images_on_host` on CUDA they start in pinned host memory and the copy
     is timed. Each timed callable runs `warmup` + `iters` times, round-robin with the others.
 
-    With `torchvision_model` (from `build_torchvision_ssd512`) that model is timed on the same
-    images with the same settings, interleaved with ours, and the result gains `torchvision`
-    (its report) and `speed_ratio` (ours / torchvision images per second); its memory format is
-    `torchvision_channels_last` (None: the same as ours).
+    With `torchvision_model` (`ssd.engine.torchvision_baseline.build_torchvision_ssd512`) that
+    model is timed on the same images with the same settings, interleaved with ours, and the
+    result gains `torchvision` (its report) and `speed_ratio` (ours / torchvision images per
+    second); its memory format is `torchvision_channels_last` (None: the same as ours).
 
-    `backend` "onnxruntime" / "openvino" runs our network through `ssd.backends` (CPU, fp32; the
-    ONNX graph is exported to `onnx_path` or a temporary file); pre- and post-processing stay the
-    same PyTorch code.
+    `backend` "onnxruntime" / "openvino" runs our network through `ssd.inference.backends` (CPU, fp32;
+    the ONNX graph is exported to `onnx_path` or a temporary file); pre- and post-processing stay
+    the same PyTorch code.
 
-    Returns a JSON-ready dict: `network` and `end_to_end` timing summaries (`summarize_times`),
-    `network_fps`, `end_to_end_fps` (from the median), `includes`, FLOPs per image, achieved
-    TFLOP/s, the share of the GPU's dense bf16 peak (None when unknown or on CPU), run settings.
+    Returns a `BenchmarkReport` (`to_dict()` for JSON): `network` and `end_to_end` timing
+    summaries (`summarize_times`), `network_fps`, `end_to_end_fps` (from the median),
+    `includes`, FLOPs per image, achieved TFLOP/s, the share of the GPU's dense bf16 peak (None
+    when unknown or on CPU), run settings.
     """
     dev = torch.device(device)
     _check_device(dev)
@@ -590,11 +638,10 @@ def benchmark(
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if warmup < 0 or iters <= 0:
         raise ValueError(f"need warmup >= 0 and iters > 0, got warmup={warmup}, iters={iters}")
-    common: dict[str, Any] = {
-        "batch_size": batch_size, "precision": precision, "dev": dev, "channels_last": channels_last,
-        "compile": compile, "compile_mode": compile_mode, "orig_size": orig_size,
-        "images_on_host": images_on_host, "seed": seed, "flops": flops,
-    }  # fmt: skip
+    run = _Run(
+        batch_size, precision, dev, channels_last, compile, compile_mode, orig_size, images_on_host,
+        seed, flops, warmup, iters,
+    )  # fmt: skip
     if compile:
         # fresh caches per run: every run compiles the same forward code object, and a sweep's
         # batch sizes x precisions would otherwise exceed dynamo's recompile limit (-> eager)
@@ -602,116 +649,27 @@ def benchmark(
     tv_cl = channels_last if torchvision_channels_last is None else torchvision_channels_last
     prepared: list[_Prepared] = []
     try:
-        prepared.append(
-            _prepare_ours(model, priors, settings, **common, backend=backend, onnx_path=onnx_path)
-        )
+        mine = _prepare_ours(model, priors, settings, run, backend=backend, onnx_path=onnx_path)
+        prepared.append(mine)
         if torchvision_model is not None:
-            prepared.append(_prepare_torchvision(torchvision_model, **{**common, "channels_last": tv_cl}))
+            tv_run = dataclasses.replace(run, channels_last=tv_cl)
+            prepared.append(_prepare_torchvision(torchvision_model, tv_run))
     except BaseException:
         for p in prepared:
             p.restore()
         raise
-    timings, compile_s = _run(prepared, dev=dev, warmup=warmup, iters=iters, compile=compile)
-    reports = [
-        _report(
-            p,
-            net_t,
-            e2e_t,
-            dets,
-            dev=dev,
-            batch_size=batch_size,
-            precision=precision,
-            warmup=warmup,
-            iters=iters,
-            channels_last=channels_last,
-            compile=compile,
-            compile_s=compile_s,
-            orig_size=orig_size,
-            images_on_host=images_on_host,
-        )
-        for p, (net_t, e2e_t, dets) in zip(prepared, timings)
-    ]
+    timings, compile_s = _time(prepared, run)
+    reports = [_report(p, *timed, compile_s) for p, timed in zip(prepared, timings)]
     ours = reports[0]
     if torchvision_model is not None:
-        reports[1]["channels_last"] = tv_cl
-        ours["torchvision"] = reports[1]
-        ours["speed_ratio"] = speed_ratio(ours, reports[1])
-        ours["same_number_of_priors"] = ours["num_priors"] == reports[1]["num_priors"]
+        theirs = reports[1]
+        ours = dataclasses.replace(
+            ours,
+            torchvision=theirs,
+            speed_ratio=speed_ratio(ours, theirs),
+            same_number_of_priors=ours.num_priors == theirs.num_priors,
+        )
     return ours
-
-
-# --------------------------------------------------------------------------- torchvision
-
-
-def _patch_ssd512_layout(extractor: Any) -> None:
-    """torchvision's highres extractor keeps SSD300's conv10_2/conv11_2 (3x3, stride 1, no
-    padding), giving 64/32/16/8/6/4/1 maps and 24,732 default boxes at 512. The original SSD512
-    (Caffe prototxt) uses stride 2 / padding 1 there and padding 1 in conv12_2 (4x4), giving
-    64/32/16/8/4/2/1 and 24,564 boxes. Same weights shapes, so only the attributes change."""
-    extra: list[Any] = list(extractor.extra)
-    assert len(extra) == 6, "unexpected torchvision extractor"
-    for idx in (3, 4):  # conv10_2, conv11_2
-        conv = extra[idx][2]
-        assert isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3)
-        conv.stride, conv.padding = (2, 2), (1, 1)
-    conv12 = extra[5][2]
-    assert isinstance(conv12, nn.Conv2d) and conv12.kernel_size == (4, 4)
-    conv12.padding = (1, 1)
-
-
-def build_torchvision_ssd512(
-    num_classes: int,
-    settings: PipelineSettings,
-    *,
-    match_ssd512_layout: bool = True,
-    device: str | torch.device = "cpu",
-) -> Any:
-    """torchvision's `SSD` with its VGG-16 extractor in highres (512) mode, an untrained
-    `torchvision.models.vgg16()` backbone (no download), the SSD512 default boxes
-    (`SSD512_SCALES`, `SSD512_ASPECT_RATIOS`, `SSD512_STEPS`, no clipping, like our priors with
-    `clip: false`), `num_classes` C incl. background and the postprocess settings of `settings`
-    (topk_candidates = top_k). With `match_ssd512_layout` the extras follow the original SSD512
-    (see `_patch_ssd512_layout`); without, torchvision's stock highres layout is kept.
-    Built directly on `device` ("meta" gives a weightless model for shape checks)."""
-    from torchvision.models import vgg16
-    from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
-    from torchvision.models.detection.ssd import SSD, _vgg_extractor
-
-    if settings.image_size != 512:
-        raise ValueError(f"torchvision SSD512 comparison needs image_size 512, got {settings.image_size}")
-    with torch.device(device):
-        backbone = _vgg_extractor(vgg16(weights=None), highres=True, trainable_layers=5)
-        if match_ssd512_layout:
-            _patch_ssd512_layout(backbone)
-        boxes = DefaultBoxGenerator(
-            SSD512_ASPECT_RATIOS, scales=SSD512_SCALES, steps=SSD512_STEPS, clip=False
-        )
-        model = SSD(
-            backbone,
-            boxes,
-            (512, 512),
-            num_classes,
-            image_mean=list(settings.mean),
-            image_std=list(settings.std),
-            score_thresh=settings.score_threshold,
-            nms_thresh=settings.nms_iou,
-            detections_per_img=settings.max_detections,
-            topk_candidates=settings.top_k,
-        )
-    return model.eval()
-
-
-def torchvision_default_boxes(model: Any, image_size: int = 512) -> Tensor:
-    """The default boxes [P, 4] cxcywh relative of a torchvision SSD at `image_size`; the grid
-    sizes come from a meta-device copy of its backbone (no compute)."""
-    backbone = copy.deepcopy(model.backbone).to("meta")
-    with torch.no_grad():
-        feats = backbone(torch.empty(1, 3, image_size, image_size, device="meta"))
-    grid = [list(f.shape[-2:]) for f in feats.values()]
-    gen = model.anchor_generator
-    boxes = gen._grid_default_boxes(grid, [image_size, image_size], dtype=torch.float64)
-    assert isinstance(boxes, Tensor)
-    return boxes
 
 
 def benchmark_torchvision(
@@ -729,7 +687,7 @@ def benchmark_torchvision(
     images_on_host: bool = False,
     seed: int = 0,
     flops: bool = True,
-) -> dict[str, Any]:
+) -> BenchmarkReport:
     """Time torchvision's SSD (`build_torchvision_ssd512`, or any torchvision `SSD`) alone on the
     images `benchmark` uses (same `seed`, `orig_size`, `batch_size`): the network (backbone +
     head on a normalised batch) and its eval forward end to end (uint8 -> float [0, 1], its
@@ -742,26 +700,36 @@ def benchmark_torchvision(
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if compile:
         torch._dynamo.reset()
-    prepared = _prepare_torchvision(
-        model, batch_size=batch_size, precision=precision, dev=dev, channels_last=channels_last,
-        compile=compile, compile_mode=compile_mode, orig_size=orig_size, images_on_host=images_on_host,
-        seed=seed, flops=flops,
+    run = _Run(
+        batch_size, precision, dev, channels_last, compile, compile_mode, orig_size, images_on_host,
+        seed, flops, warmup, iters,
     )  # fmt: skip
-    [(net_t, e2e_t, dets)], compile_s = _run([prepared], dev=dev, warmup=warmup, iters=iters, compile=compile)
-    return _report(
-        prepared, net_t, e2e_t, dets, dev=dev, batch_size=batch_size, precision=precision, warmup=warmup,
-        iters=iters, channels_last=channels_last, compile=compile, compile_s=compile_s,
-        orig_size=orig_size, images_on_host=images_on_host,
-    )  # fmt: skip
+    prepared = _prepare_torchvision(model, run)
+    [(net_t, e2e_t, dets)], compile_s = _time([prepared], run)
+    return _report(prepared, net_t, e2e_t, dets, compile_s)
 
 
-def speed_ratio(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, float]:
+def _pipeline_dict(settings: InferenceSettings) -> dict[str, Any]:
+    """The pre- and postprocess fields of `settings` (the "settings" entry of a report)."""
+    keys = ("image_size", "mean", "std", "variances", "score_threshold", "nms_iou", "top_k", "max_detections")
+    return {k: getattr(settings, k) for k in keys}
+
+
+class _Speeds(Protocol):
+    @property
+    def network_fps(self) -> float: ...
+
+    @property
+    def end_to_end_fps(self) -> float: ...
+
+
+def speed_ratio(ours: _Speeds, theirs: _Speeds) -> SpeedRatio:
     """ours / theirs images-per-second (from median latencies): > 1 means we are faster."""
 
     def ratio(a: float, b: float) -> float:
         return a / b if b > 0 else math.inf
 
-    return {
-        "network": ratio(ours["network_fps"], theirs["network_fps"]),
-        "end_to_end": ratio(ours["end_to_end_fps"], theirs["end_to_end_fps"]),
-    }
+    return SpeedRatio(
+        network=ratio(ours.network_fps, theirs.network_fps),
+        end_to_end=ratio(ours.end_to_end_fps, theirs.end_to_end_fps),
+    )

@@ -31,10 +31,11 @@ import torch
 
 from ssd.config import Config, ConfigError, replace
 from ssd.data.loader import build_records
-from ssd.engine.checkpoint import load_checkpoint, model_weights
 from ssd.engine.evaluate import evaluate_model, predict_split, score
 from ssd.engine.train import train
 from ssd.evaluation.bootstrap import BootstrapSummary
+from ssd.inference.checkpoint import load_checkpoint, load_model
+from ssd.inference.settings import InferenceSettings
 from ssd.modeling.build import build_model
 from ssd.modeling.ssd import SSD
 from ssd.priors.fit import BoxSet, fit_report, records_to_boxes
@@ -165,9 +166,7 @@ class SeedRun:
 
 
 def _final_model(final_cfg: Config, checkpoint: Path, dev: torch.device) -> SSD:
-    model = build_model(final_cfg)
-    model.load_state_dict(model_weights(load_checkpoint(checkpoint)))
-    model.priors.freeze()
+    _, model = load_model(checkpoint, final_cfg)
     return model.to(dev)
 
 
@@ -346,7 +345,7 @@ def compare(
     beside it). `bootstrap`: resamples of the paired interval against the original (0: none);
     `bench_iters` 0 skips the FPS benchmark; `untrained=False` skips the chance level (the
     untrained network's mAP, one more evaluation per variant)."""
-    from ssd.engine.benchmark import benchmark, build_pipeline_settings
+    from ssd.engine.benchmark import benchmark
     from ssd.evaluation.bootstrap import (
         bootstrap_summary,
         paired_interval,
@@ -424,10 +423,10 @@ def compare(
         if bench_iters > 0:
             model = _final_model(first.final_cfg, first.checkpoint, dev)
             bench = benchmark(
-                model, model.priors(), build_pipeline_settings(first.final_cfg), batch_size=1,
+                model, model.priors(), InferenceSettings.from_config(first.final_cfg), batch_size=1,
                 device=bench_dev, warmup=3, iters=bench_iters, flops=False,
             )  # fmt: skip
-            fps, network_fps = float(bench["end_to_end_fps"]), float(bench["network_fps"])
+            fps, network_fps = float(bench.end_to_end_fps), float(bench.network_fps)
         fit_keys = ("mean_iou_grid", "mean_iou_shape", "recall", "recall_expected", "positives_per_gt")
         entry = VariantReport(
             map=float(np.mean(maps)),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +13,11 @@ import torch
 from ssd.config import Config
 from ssd.data.loader import build_eval_loader, build_records, checked
 from ssd.data.records import DatasetError, Record
-from ssd.detector import load_model_state
-from ssd.engine.checkpoint import config_for_checkpoint, describe_mismatch, load_checkpoint, model_weights
-from ssd.engine.runtime import DeviceCaps, autocast, resolve_inference_precision
-from ssd.modeling.build import build_model
+from ssd.inference.checkpoint import load_model
+from ssd.inference.runtime import DeviceCaps, autocast
+from ssd.inference.settings import InferenceSettings
+from ssd.inference.sliced import predict_split_tiled
 from ssd.modeling.ssd import SSD
-from ssd.postprocess import postprocess
-from ssd.sliced import predict_split_tiled
 from ssd.structures import Detections
 
 log = logging.getLogger(__name__)
@@ -46,7 +44,7 @@ def predict_split(
 ) -> SplitPredictions:
     """Detections for every image of a split that can be read. Images that cannot be read are
     skipped and listed with `data.skip_invalid`; otherwise the first raises its DatasetError
-    (naming the file), whatever `data.num_workers`. Sliced inference (`ssd.sliced`) when
+    (naming the file), whatever `data.num_workers`. Sliced inference (`ssd.inference.sliced`) when
     `input.tiling.enabled`."""
     if cfg.input.tiling.enabled:
         return SplitPredictions(*predict_split_tiled(model, cfg, split, device, progress))
@@ -56,9 +54,9 @@ def predict_split(
     loader = build_eval_loader(cfg, split)
     records: list[Record] = loader.dataset.records  # type: ignore[attr-defined]
     priors = model.priors().detach()
-    pp = cfg.postprocess
+    settings = InferenceSettings.from_config(cfg)
     out: dict[str, Detections] = {}
-    precision = resolve_inference_precision(cfg, DeviceCaps.of(device))  # decode/NMS stay fp32
+    precision = settings.precision_on(DeviceCaps.of(device))  # decode/NMS stay fp32
     skipped: list[DatasetError] = list(loader.dataset.left_out)  # type: ignore[attr-defined]
     try:
         for batch in checked(loader):
@@ -67,16 +65,7 @@ def predict_split(
             if batch.image_ids:
                 with autocast(device.type, precision):
                     outputs = model(batch.images.to(device, non_blocking=True))
-                dets = postprocess(
-                    outputs,
-                    priors,
-                    batch.orig_sizes.to(device),
-                    variances=cfg.priors.variances,
-                    score_threshold=pp.score_threshold,
-                    nms_iou=pp.nms_iou,
-                    top_k=pp.top_k,
-                    max_detections=pp.max_detections,
-                )
+                dets = settings.postprocess(outputs, priors, batch.orig_sizes.to(device))
                 for image_id, d in zip(batch.image_ids, dets):
                     out[image_id] = d.to("cpu")
             if progress is not None:
@@ -138,18 +127,32 @@ def score_with_result(
         ids = list(range(1, len(records) + 1))
         sizes = [(r.height, r.width) for r in records]
         coco = coco_eval(gt_to_coco(gts, cfg.data.classes, ids, sizes), detections_to_coco(dets, ids))
-        return {**coco.to_dict(), "confusion_matrix": confusion(cfg, gts, dets), **extra}, coco
+        return {**coco.to_dict(), "confusion_matrix": confusion(cfg, gts, dets).to_dict(), **extra}, coco
     if metric not in ("voc07", "area"):
         raise ValueError(f"eval.metric: unknown metric {metric!r}")
     voc = evaluate_voc(
         gts, dets, cfg.data.classes, cfg.eval.iou_threshold, "voc07" if metric == "voc07" else "area"
     )
-    return {**voc.to_dict(), "confusion_matrix": confusion(cfg, gts, dets), **extra}, voc
+    return {**voc.to_dict(), "confusion_matrix": confusion(cfg, gts, dets).to_dict(), **extra}, voc
 
 
-def confusion(cfg: Config, gts: list[Any], dets: list[Detections]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ConfusionReport:
+    """A confusion matrix with its row/column `labels` (classes + "background") and the score
+    and IoU thresholds it was counted at."""
+
+    labels: list[str]
+    matrix: list[list[int]]
+    score_threshold: float
+    iou_threshold: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def confusion(cfg: Config, gts: list[Any], dets: list[Detections]) -> ConfusionReport:
     """The confusion matrix (classes + background, see `ssd.evaluation.confusion`) at
-    `eval.confusion_score` and `eval.iou_threshold`, JSON-ready."""
+    `eval.confusion_score` and `eval.iou_threshold`."""
     from ssd.evaluation.confusion import confusion_matrix
 
     matrix = confusion_matrix(
@@ -159,12 +162,12 @@ def confusion(cfg: Config, gts: list[Any], dets: list[Detections]) -> dict[str, 
         iou_threshold=cfg.eval.iou_threshold,
         score_threshold=cfg.eval.confusion_score,
     )
-    return {
-        "labels": [*cfg.data.classes, "background"],
-        "matrix": matrix.tolist(),
-        "score_threshold": cfg.eval.confusion_score,
-        "iou_threshold": cfg.eval.iou_threshold,
-    }
+    return ConfusionReport(
+        labels=[*cfg.data.classes, "background"],
+        matrix=matrix.tolist(),
+        score_threshold=cfg.eval.confusion_score,
+        iou_threshold=cfg.eval.iou_threshold,
+    )
 
 
 def evaluate_model(
@@ -181,6 +184,27 @@ def evaluate_model(
     return score(cfg, split, predict_split(model, cfg, split, device, progress))
 
 
+@dataclass(frozen=True)
+class SpeedFigures:
+    """End-to-end and network images/s (from the median), the median end-to-end batch latency in
+    ms, and how they were measured (`measure_speed`)."""
+
+    end_to_end_fps: float
+    network_fps: float
+    median_ms: float
+    batch_size: int
+    precision: str
+    device: str
+    device_name: str
+    iters: int
+    orig_size: tuple[int, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["orig_size"] = list(self.orig_size)
+        return out
+
+
 def measure_speed(
     model: SSD,
     cfg: Config,
@@ -190,32 +214,31 @@ def measure_speed(
     precision: str = "fp32",
     iters: int | None = None,
     orig_size: tuple[int, int] = (375, 500),
-) -> dict[str, Any]:
+) -> SpeedFigures:
     """End-to-end speed of `model` on `device` (pre-processing of uint8 images, network, decode,
     NMS, rescale; `ssd.engine.benchmark`), median of `iters` timed iterations (default 10 on the
-    CPU, 50 on CUDA) after warm-up. Returns the figures the reports print: `end_to_end_fps`,
-    `network_fps`, `median_ms`, `batch_size`, `precision`, `device`, `device_name`, `iters`,
-    `orig_size`. The model is left in eval mode on `device`."""
-    from ssd.engine.benchmark import benchmark, build_pipeline_settings
+    CPU, 50 on CUDA) after warm-up. Returns the figures the reports print (`SpeedFigures`). The
+    model is left in eval mode on `device`."""
+    from ssd.engine.benchmark import benchmark
 
     cuda = device.type == "cuda"
     n = iters if iters is not None else (50 if cuda else 10)
     res = benchmark(
-        model, model.priors().detach(), build_pipeline_settings(cfg), batch_size=batch_size,
+        model, model.priors().detach(), InferenceSettings.from_config(cfg), batch_size=batch_size,
         precision=precision, device=device, warmup=10 if cuda else 2, iters=n, orig_size=orig_size,
         flops=False,
     )  # fmt: skip
-    return {
-        "end_to_end_fps": res["end_to_end_fps"],
-        "network_fps": res["network_fps"],
-        "median_ms": res["end_to_end"]["median_ms"],
-        "batch_size": batch_size,
-        "precision": precision,
-        "device": str(device),
-        "device_name": res["device_name"],
-        "iters": n,
-        "orig_size": list(orig_size),
-    }
+    return SpeedFigures(
+        end_to_end_fps=res.end_to_end_fps,
+        network_fps=res.network_fps,
+        median_ms=res.end_to_end.median_ms,
+        batch_size=batch_size,
+        precision=precision,
+        device=str(device),
+        device_name=res.device_name,
+        iters=n,
+        orig_size=orig_size,
+    )
 
 
 def typical_image_size(cfg: Config, split: str) -> tuple[int, int]:
@@ -224,30 +247,12 @@ def typical_image_size(cfg: Config, split: str) -> tuple[int, int]:
     return (int(records[0].height), int(records[0].width)) if records else (375, 500)
 
 
-def load_for_evaluation(
-    checkpoint: str | Path,
-    cfg: Config | None = None,
-    config: str | Path | None = None,
-    overrides: tuple[str, ...] | list[str] = (),
-) -> tuple[Config, SSD]:
-    """The config and the model (CPU, priors frozen, eval mode) of a checkpoint: `cfg` when given,
-    else `config` (a file; `overrides` apply), else the config stored in the checkpoint (with
-    `overrides`). A checkpoint that does not fit the config raises `CheckpointMismatchError`."""
-    state = load_checkpoint(checkpoint)
-    if cfg is None:
-        cfg = config_for_checkpoint(state, checkpoint, config, overrides)
-    model = build_model(cfg)
-    load_model_state(model, model_weights(state), str(checkpoint), describe_mismatch(state, cfg))
-    model.priors.freeze()
-    return cfg, model.eval()
-
-
 def evaluate_checkpoint(
     cfg: Config | None, checkpoint: str | Path, split: str = "val", device: str | torch.device = "cpu"
 ) -> dict[str, Any]:
     """Load a checkpoint into the configured model (`cfg=None`: the config stored in the
     checkpoint) and evaluate it on `split`."""
     dev = torch.device(device)
-    cfg, model = load_for_evaluation(checkpoint, cfg)
+    cfg, model = load_model(checkpoint, cfg)
     model.to(dev)
     return evaluate_model(model, cfg, split, dev)

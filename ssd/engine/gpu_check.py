@@ -31,29 +31,20 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torchvision
-from torch import Tensor, nn
 
 from ssd.config import Config, config_from_dict, config_to_dict, replace
-from ssd.engine.benchmark import (
-    SSD512_ASPECT_RATIOS,
-    SSD512_SCALES,
-    SSD512_STEPS,
-    PipelineSettings,
-    benchmark,
-    build_pipeline_settings,
-    build_torchvision_ssd512,
-    device_name,
-)
-from ssd.engine.runtime import DeviceCaps, resolve_train_runtime
+from ssd.engine.benchmark import BenchmarkReport, benchmark, device_name, synchronizer
+from ssd.engine.torchvision_baseline import build_torchvision_ssd512, small_torchvision_ssd
+from ssd.inference.runtime import DeviceCaps, resolve_train_runtime
+from ssd.inference.settings import InferenceSettings
 from ssd.modeling.build import build_model
 
 log = logging.getLogger(__name__)
@@ -80,6 +71,23 @@ _QUICK_TRAIN_PRIORS = {
 }
 
 
+@dataclass(frozen=True)
+class CheckSizes:
+    """The resolved sizes of a check: inference batch sizes and precisions, warm-up and timed
+    iterations, the training batch size and iterations, loader workers."""
+
+    batch_sizes: list[int]
+    precisions: list[str]
+    warmup: int
+    iters: int
+    train_batch_size: int
+    train_iters: int
+    num_workers: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 @dataclass
 class CheckOptions:
     """What to run. `None` sizes take the full (GPU) or quick defaults."""
@@ -97,22 +105,22 @@ class CheckOptions:
     tests_dir: Path = field(default_factory=lambda: TESTS_DIR)
     tests_timeout_s: float = 420.0
 
-    def resolved(self) -> dict[str, Any]:
+    def resolved(self) -> CheckSizes:
         cpu = torch.device(self.device).type == "cpu"
         q = self.quick
-        return {
-            "batch_sizes": list(self.batch_sizes or ((1, 2) if q else (1, 64))),
-            "precisions": list(self.precisions or (("fp32",) if q and cpu else ("fp32", "fp16", "bf16"))),
-            "warmup": self.warmup if self.warmup is not None else (1 if q else 10),
-            "iters": self.iters if self.iters is not None else (3 if q else 50),
-            "train_batch_size": self.train_batch_size or (2 if q else 32),
-            "train_iters": self.train_iters or (3 if q else 30),
-            "num_workers": (
+        return CheckSizes(
+            batch_sizes=list(self.batch_sizes or ((1, 2) if q else (1, 64))),
+            precisions=list(self.precisions or (("fp32",) if q and cpu else ("fp32", "fp16", "bf16"))),
+            warmup=self.warmup if self.warmup is not None else (1 if q else 10),
+            iters=self.iters if self.iters is not None else (3 if q else 50),
+            train_batch_size=self.train_batch_size or (2 if q else 32),
+            train_iters=self.train_iters or (3 if q else 30),
+            num_workers=(
                 self.num_workers
                 if self.num_workers is not None
                 else (0 if q else min(8, os.cpu_count() or 1))
             ),
-        }
+        )
 
 
 def report_stem(name: str) -> str:
@@ -196,52 +204,24 @@ def _junit_cases(path: Path) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- 2. inference
 
 
-class _SourceMaps(nn.Module):
-    """Our backbone with torchvision's backbone interface (an ordered dict of source maps)."""
-
-    def __init__(self, backbone: nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
-
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        return OrderedDict((str(i), f) for i, f in enumerate(self.backbone(x)))
-
-
-def small_torchvision_ssd(cfg: Config, settings: PipelineSettings) -> Any:
-    """torchvision's `SSD` (its transform, head, default boxes and post-processing) over a copy of
-    our (small) backbone: the quick check's stand-in for torchvision's full-width SSD512."""
-    from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
-    from torchvision.models.detection.ssd import SSD
-
-    boxes = DefaultBoxGenerator(SSD512_ASPECT_RATIOS, scales=SSD512_SCALES, steps=SSD512_STEPS, clip=False)
-    size = settings.image_size
-    return SSD(
-        _SourceMaps(build_model(cfg).backbone), boxes, (size, size), cfg.num_classes,
-        image_mean=list(settings.mean), image_std=list(settings.std),
-        score_thresh=settings.score_threshold, nms_thresh=settings.nms_iou,
-        detections_per_img=settings.max_detections, topk_candidates=settings.top_k,
-    ).eval()  # fmt: skip
-
-
-def _timing_row(res: dict[str, Any]) -> dict[str, Any]:
+def _timing_row(res: BenchmarkReport) -> dict[str, Any]:
     row: dict[str, Any] = {}
-    for part in ("network", "end_to_end"):
-        t = res[part]
+    for part, t in (("network", res.network), ("end_to_end", res.end_to_end)):
         row[part] = {
-            "images_per_s": t["images_per_s"],
-            "p50_ms": t["median_ms"],
-            "p95_ms": _percentile(t["times_ms"], 95),
-            "min_ms": t["min_ms"],
+            "images_per_s": t.images_per_s,
+            "p50_ms": t.median_ms,
+            "p95_ms": _percentile(t.times_ms, 95),
+            "min_ms": t.min_ms,
         }
-    row["detections_per_image"] = res["end_to_end"].get("detections_per_image")
-    row["channels_last"] = res.get("channels_last")
+    row["detections_per_image"] = res.end_to_end.detections_per_image
+    row["channels_last"] = res.channels_last
     return row
 
 
 def run_inference(
-    cfg: Config, dev: torch.device, sizes: dict[str, Any], quick: bool, progress: Callable[[str], None]
+    cfg: Config, dev: torch.device, sizes: CheckSizes, quick: bool, progress: Callable[[str], None]
 ) -> dict[str, Any]:
-    settings = build_pipeline_settings(cfg)
+    settings = InferenceSettings.from_config(cfg)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     if quick:
@@ -251,15 +231,15 @@ def run_inference(
         tv = build_torchvision_ssd512(cfg.num_classes, settings)
         tv_desc = "torchvision SSD512-VGG16 (highres extractor in the SSD512 layout), untrained"
     runs = []
-    for bs in sizes["batch_sizes"]:
-        for precision in sizes["precisions"]:
+    for bs in sizes.batch_sizes:
+        for precision in sizes.precisions:
             progress(f"inference batch {bs} {precision}")
             _peak_reset(dev)
             entry: dict[str, Any] = {"batch_size": bs, "precision": precision}
             try:
                 res = benchmark(
                     model, model.priors(), settings, batch_size=bs, precision=precision, device=dev,
-                    warmup=sizes["warmup"], iters=sizes["iters"], channels_last=cfg.inference.channels_last,
+                    warmup=sizes.warmup, iters=sizes.iters, channels_last=settings.channels_last,
                     orig_size=(480, 640), torchvision_model=tv, torchvision_channels_last=False,
                     flops=False,
                 )  # fmt: skip
@@ -270,8 +250,9 @@ def run_inference(
                 runs.append(entry)
                 continue
             entry["ours"] = _timing_row(res)
-            entry["torchvision"] = _timing_row(res["torchvision"])
-            entry["speed_ratio"] = res["speed_ratio"]
+            assert res.torchvision is not None and res.speed_ratio is not None
+            entry["torchvision"] = _timing_row(res.torchvision)
+            entry["speed_ratio"] = res.speed_ratio.to_dict()
             entry["peak_memory_mib"] = _peak_mib(dev)
             runs.append(entry)
     model.cpu()
@@ -282,8 +263,8 @@ def run_inference(
         "image": "uint8 RGB 480x640 (HxW), resident on the device",
         "ours": f"ssd512 {width}, {size}x{size}, channels_last={cfg.inference.channels_last}, eager",
         "torchvision": tv_desc + ", NCHW, eager",
-        "warmup": sizes["warmup"],
-        "iters": sizes["iters"],
+        "warmup": sizes.warmup,
+        "iters": sizes.iters,
         "runs": runs,
     }
 
@@ -292,15 +273,15 @@ def run_inference(
 
 
 def run_training(
-    cfg: Config, dev: torch.device, sizes: dict[str, Any], data_root: Path, quick: bool
+    cfg: Config, dev: torch.device, sizes: CheckSizes, data_root: Path, quick: bool
 ) -> dict[str, Any]:
     """Images/s of full training steps, loader included, at the resolved mixed precision."""
     from ssd.data.loader import build_train_loader
-    from ssd.engine.runtime import apply_cudnn_benchmark
     from ssd.engine.train import build_optimizer
+    from ssd.inference.runtime import apply_cudnn_benchmark
     from ssd.losses import MultiBoxLoss
 
-    bs = sizes["train_batch_size"]
+    bs = sizes.train_batch_size
     n_img = max(4 * bs, 8) if quick else 256
     img_size = [320, 240] if quick else [800, 600]
     from ssd.data.labelme import TIANCHI_CLASSES
@@ -310,7 +291,7 @@ def run_training(
             **config_to_dict(cfg),
             "data": {
                 "format": "synthetic", "root": str(data_root), "classes": list(TIANCHI_CLASSES),
-                "num_workers": sizes["num_workers"], "synthetic_num_images": n_img,
+                "num_workers": sizes.num_workers, "synthetic_num_images": n_img,
                 "synthetic_size": img_size, "synthetic_val_fraction": 0.25,
             },
             "train": {**config_to_dict(cfg)["train"], "batch_size": bs, "warmup_iters": 0},
@@ -330,9 +311,9 @@ def run_training(
     opt = build_optimizer(model, tcfg)
     scaler = torch.amp.GradScaler(dev.type, enabled=rt.grad_scaler)
     crit = MultiBoxLoss(tcfg.matcher.iou_threshold, tcfg.loss.neg_pos_ratio, tcfg.priors.variances)
-    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    sync = synchronizer(dev)
     batches = iter(loader)
-    warm, iters = (1, sizes["train_iters"]) if quick else (5, sizes["train_iters"])
+    warm, iters = (1, sizes.train_iters) if quick else (5, sizes.train_iters)
     losses: list[float] = []
     _peak_reset(dev)
     step_times: list[float] = []
@@ -366,7 +347,7 @@ def run_training(
         "amp": rt.amp,
         "grad_scaler": rt.grad_scaler,
         "runtime": rt.as_dict(),
-        "loader_workers": sizes["num_workers"],
+        "loader_workers": sizes.num_workers,
         "data": f"{n_img} synthetic {img_size[0]}x{img_size[1]} images, training augmentation",
         "input_size": tcfg.priors.image_size,
         "dataset_prepare_s": prepare_s,
@@ -435,13 +416,13 @@ def run_check(options: CheckOptions, progress: Callable[[str], None] | None = No
             "torch": torch.__version__,
             "torchvision": torchvision.__version__,
             "cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version() if dev.type == "cuda" else None,
+            "cudnn": torch.backends.cudnn.version() if dev.type == "cuda" else None,  # type: ignore[no-untyped-call, unused-ignore]
             "python": platform.python_version(),
             "cpu_threads": torch.get_num_threads(),
             "quick": options.quick,
             "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
         },
-        "sizes": sizes,
+        "sizes": sizes.to_dict(),
     }
     if options.run_tests:
         say("tests (pytest -m gpu)")
@@ -449,7 +430,7 @@ def run_check(options: CheckOptions, progress: Callable[[str], None] | None = No
     else:
         result["tests"] = {"status": "not run", "reason": "disabled (--skip-tests)"}
     result["inference"] = run_inference(cfg, dev, sizes, options.quick, say)
-    say(f"training (batch {sizes['train_batch_size']})")
+    say(f"training (batch {sizes.train_batch_size})")
     with tempfile.TemporaryDirectory(prefix="ssd-gpu-check-data-") as tmp:
         try:
             result["training"] = run_training(cfg, dev, sizes, Path(tmp), options.quick)

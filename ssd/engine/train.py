@@ -39,10 +39,10 @@ from torch import nn
 
 from ssd.config import Config, ConfigError, config_from_dict, config_to_dict, save_config
 from ssd.data.loader import build_train_loader, checked
-from ssd.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ssd.engine.distributed import DistContext, setup_distributed
 from ssd.engine.prior_check import PriorCheck
-from ssd.engine.runtime import DeviceCaps, apply_cudnn_benchmark, resolve_train_runtime
+from ssd.inference.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ssd.inference.runtime import DeviceCaps, apply_cudnn_benchmark, resolve_train_runtime
 from ssd.losses import LossOutput, MultiBoxLoss, PriorAids
 from ssd.modeling.build import build_model, export_learned_priors
 from ssd.modeling.ssd import SSD
@@ -179,7 +179,7 @@ def build_ema(model: SSD, cfg: Config) -> torch.optim.swa_utils.AveragedModel:
     mmdetection's EMAHook and ultralytics' ModelEMA keep: after each optimizer step
     ema = d * ema + (1 - d) * weights with d = ema_decay * (1 - exp(-updates / ema_ramp)), so
     the early, fast-moving weights are not averaged in for long. Evaluation, best.pt selection,
-    the final report and inference (`ssd.engine.checkpoint.model_weights`) use the EMA weights."""
+    the final report and inference (`ssd.inference.checkpoint.model_weights`) use the EMA weights."""
     decay, ramp = cfg.train.ema_decay, cfg.train.ema_ramp
 
     def ema_update(
@@ -248,7 +248,7 @@ def train(
     """Train `cfg` into `output_dir` (config.yaml, last.pt, best.pt, metrics.jsonl, tb/).
 
     A folder that already holds a run is refused (`RunFolderError`) unless `resume` (continue it)
-    or `overwrite` (its run files are removed first). `device`: see `ssd.engine.device` (an
+    or `overwrite` (its run files are removed first). `device`: see `ssd.inference.device` (an
     unavailable device raises `DeviceError` before anything is created).
 
     `resume=True` continues from `output_dir/last.pt` (a path selects another checkpoint); the
@@ -261,7 +261,7 @@ def train(
     history (all-reduced losses), best mAP and final metrics. On CUDA each process uses
     `cuda:LOCAL_RANK`.
     """
-    from ssd.engine.device import resolve_device
+    from ssd.inference.device import resolve_device
 
     dev = resolve_device(device)
     out = Path(output_dir)
@@ -669,7 +669,7 @@ def _final_report(
 
     try:
         size = typical_image_size(cfg, "val")
-        speed: dict[str, Any] | None = measure_speed(model, cfg, dev, orig_size=size)
+        speed: dict[str, Any] | None = measure_speed(model, cfg, dev, orig_size=size).to_dict()
     except RuntimeError as exc:  # e.g. out of memory: the metrics still get reported
         log.warning("end-to-end speed not measured: %s", exc)
         speed = None

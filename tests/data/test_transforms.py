@@ -6,7 +6,7 @@ import torch
 
 from ssd.config import AugmentConfig
 from ssd.data.transforms import build_transforms, mean_fill
-from ssd.detector import preprocess
+from ssd.inference.detector import preprocess
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

@@ -33,12 +33,12 @@ def test_benchmark_tiled_reports_images_and_tiles_per_second() -> None:
     model.priors.freeze()
     res = benchmark_tiled(model, cfg, orig_size=(300, 500), batch_size=2, warmup=0, iters=2)
     # 500 px wide: ceil((500 - 40) / 160) = 3 windows; 300 high: ceil(260 / 160) = 2 -> 6 per image
-    assert res["tiles_per_image"] == 6
-    assert res["untiled"]["iters"] == res["tiled"]["iters"] == 2
-    assert res["tiled_tiles_per_s"] == pytest.approx(6 * res["tiled_fps"])
-    assert res["untiled_fps"] > 0 and res["tiled_fps"] > 0
-    assert res["slowdown"] == pytest.approx(res["untiled_fps"] / res["tiled_fps"])
-    assert res["tiling"]["scale"] == 1.0
+    assert res.tiles_per_image == 6
+    assert res.untiled.iters == res.tiled.iters == 2
+    assert res.tiled_tiles_per_s == pytest.approx(6 * res.tiled_fps)
+    assert res.untiled_fps > 0 and res.tiled_fps > 0
+    assert res.slowdown == pytest.approx(res.untiled_fps / res.tiled_fps)
+    assert res.tiling["scale"] == 1.0
 
 
 def test_benchmark_cli_tiled(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

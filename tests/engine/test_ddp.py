@@ -26,9 +26,9 @@ from torch import Tensor
 import ssd
 from ssd.config import Config, ConfigError, save_config
 from ssd.data.loader import TrainBatchSampler
-from ssd.engine.checkpoint import CheckpointError, load_checkpoint
 from ssd.engine.distributed import DistContext, env_world, setup_distributed
 from ssd.engine.train import TrainingInterrupted, train
+from ssd.inference.checkpoint import CheckpointError, load_checkpoint
 from tests.engine.test_train import _no_eval, tiny_cfg
 
 REPO = Path(__file__).resolve().parents[2]

@@ -24,7 +24,7 @@ import yaml
 
 from ssd.config import load_config
 from ssd.data.loader import ensure_synthetic
-from ssd.engine.checkpoint import load_checkpoint
+from ssd.inference.checkpoint import load_checkpoint
 from tests.conftest import REPO, TINY_PRIORS, synthetic_data
 
 CHECKPOINT_EVERY = 2

@@ -7,14 +7,13 @@ import pytest
 import torch
 
 from ssd.config import Config, ConfigError, config_from_dict, config_to_dict, replace
-from ssd.engine.runtime import (
+from ssd.inference.runtime import (
     DeviceCaps,
     autocast,
-    resolve_inference_precision,
     resolve_precision,
     resolve_train_runtime,
-    use_channels_last,
 )
+from ssd.inference.settings import InferenceSettings
 
 CPU = DeviceCaps("cpu")
 TURING = DeviceCaps("cuda", bf16=False, name="NVIDIA GeForce RTX 2080 Ti", capability=(7, 5))
@@ -74,8 +73,9 @@ def test_every_choice_can_be_turned_off() -> None:
         "fp32", False, False, False, False,
     )  # fmt: skip
     assert not rt.persistent_workers
-    assert resolve_inference_precision(cfg, HOPPER) == "fp32"
-    assert not use_channels_last(cfg, HOPPER)
+    settings = InferenceSettings.from_config(cfg)
+    assert settings.precision_on(HOPPER) == "fp32"
+    assert not settings.channels_last_on(HOPPER)
 
 
 def test_no_persistent_workers_without_workers() -> None:
@@ -84,12 +84,12 @@ def test_no_persistent_workers_without_workers() -> None:
 
 
 def test_inference_precision_follows_config_and_override() -> None:
-    cfg = Config()
-    assert resolve_inference_precision(cfg, TURING) == "fp16"
-    assert resolve_inference_precision(cfg, HOPPER) == "bf16"
-    assert resolve_inference_precision(cfg, CPU) == "fp32"
-    assert resolve_inference_precision(cfg, HOPPER, override="fp32") == "fp32"
-    assert use_channels_last(cfg, CPU) and use_channels_last(cfg, HOPPER)
+    settings = InferenceSettings.from_config(Config())
+    assert settings.precision_on(TURING) == "fp16"
+    assert settings.precision_on(HOPPER) == "bf16"
+    assert settings.precision_on(CPU) == "fp32"
+    assert settings.precision_on(HOPPER, override="fp32") == "fp32"
+    assert settings.channels_last_on(CPU) and settings.channels_last_on(HOPPER)
 
 
 def test_settings_are_in_the_saved_config_and_checked() -> None:

@@ -19,7 +19,6 @@ from ssd.config import Config, config_from_dict, replace
 from ssd.data.labelme import TIANCHI_CLASSES
 from ssd.data.loader import ensure_synthetic
 from ssd.data.records import DatasetError
-from ssd.engine.checkpoint import CheckpointError, load_checkpoint
 from ssd.engine.train import (
     TrainingError,
     TrainingInterrupted,
@@ -28,6 +27,7 @@ from ssd.engine.train import (
     train,
     truncate_metrics,
 )
+from ssd.inference.checkpoint import CheckpointError, load_checkpoint
 from ssd.losses import MultiBoxLoss
 from tests.conftest import TINY_PRIORS, synthetic_data
 
@@ -320,7 +320,7 @@ def test_ema_weights_are_evaluated_saved_and_resumed_exactly(tmp_path: Path) -> 
     assert state["ema"]["updates"] == 4
     assert any(not torch.equal(ema[k], raw[k]) for k in raw if raw[k].is_floating_point())
     assert all(torch.equal(seen[-1][k], ema[k]) for k in ema)  # evaluation saw the EMA weights
-    from ssd.engine.checkpoint import model_weights
+    from ssd.inference.checkpoint import model_weights
 
     assert model_weights(state) is ema
     det = ssd.Detector(None, full.last_checkpoint)

@@ -16,9 +16,9 @@ import torch
 
 import ssd
 from ssd.config import Config, config_from_dict, replace
-from ssd.engine.checkpoint import load_checkpoint
-from ssd.engine.runtime import DeviceCaps, resolve_train_runtime
 from ssd.engine.train import build_optimizer, train
+from ssd.inference.checkpoint import load_checkpoint
+from ssd.inference.runtime import DeviceCaps, resolve_train_runtime
 from ssd.losses import MultiBoxLoss
 from ssd.postprocess import postprocess
 from ssd.priors.matcher import match

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ssd.config import config_from_dict, config_to_dict
-from ssd.engine.checkpoint import save_checkpoint
+from ssd.inference.checkpoint import save_checkpoint
 from ssd.modeling.build import build_model
 from tests.engine.test_benchmark import TINY, TINY_PRIORS
 from tools.benchmark import main

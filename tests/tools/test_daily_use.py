@@ -13,7 +13,7 @@ import yaml
 
 import ssd
 from ssd.config import config_to_dict
-from ssd.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ssd.inference.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from tests.conftest import TINY_PRIORS, synthetic_data
 from tools import benchmark as benchmark_tool
 from tools import evaluate as evaluate_tool
@@ -184,7 +184,7 @@ def test_unavailable_device_is_one_line_exit_2_before_anything_is_created(
 
 
 def test_device_auto_picks_cuda_when_present(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ssd.engine.device import DeviceError, resolve_device
+    from ssd.inference.device import DeviceError, resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu")

@@ -174,7 +174,7 @@ def test_checkpoint_mode_resolves_config_and_overrides(
     import ssd
     from ssd.config import config_to_dict
     from ssd.engine import evaluate as engine
-    from ssd.engine.checkpoint import save_checkpoint
+    from ssd.inference.checkpoint import save_checkpoint
     from tests.tools.test_daily_use import tiny_config
 
     calls: list[tuple[Any, ...]] = []
@@ -227,7 +227,7 @@ def test_checkpoint_mode_lists_the_images_it_could_not_score(
     from ssd.config import config_to_dict
     from ssd.data.records import DatasetError
     from ssd.engine import evaluate as engine
-    from ssd.engine.checkpoint import save_checkpoint
+    from ssd.inference.checkpoint import save_checkpoint
     from tests.tools.test_daily_use import tiny_config
 
     error = DatasetError("/d/a/cut.png", "cannot decode image: x", kind="unreadable_image")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ssd.config import config_from_dict, save_config
-from ssd.engine.checkpoint import save_checkpoint
+from ssd.inference.checkpoint import save_checkpoint
 from ssd.modeling.build import build_model
 from tests.conftest import TINY_PRIORS, synthetic_data
 from tools.tiling_report import main

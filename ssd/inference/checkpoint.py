@@ -3,7 +3,8 @@
 A checkpoint holds plain types only (tensors, numbers, strings, lists, dicts, None), so it is
 read with `torch.load(weights_only=True)`: a crafted file cannot run code. Besides the weights it
 carries the resolved config as a plain dict ("config") and the class names ("class_names"), so
-a model can be rebuilt from the checkpoint alone (`config_for_checkpoint`).
+a model can be rebuilt from the checkpoint alone (`config_for_checkpoint`). `load_model` is the
+one way a checkpoint becomes a model.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 import torch
 
 from ssd.config import Config, ConfigError, config_from_dict, load_config
+from ssd.modeling.build import build_model
+from ssd.modeling.ssd import SSD
 
 FORMAT_KEY = "ssd512_checkpoint"
 FORMAT_VERSION = 1
@@ -105,7 +108,8 @@ def model_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     trained ones."""
     ema = state.get("ema")
     if isinstance(ema, dict) and isinstance(ema.get("model"), dict):
-        return ema["model"]
+        averaged: dict[str, torch.Tensor] = ema["model"]
+        return averaged
     weights = state["model"]
     assert isinstance(weights, dict)
     return weights
@@ -137,3 +141,54 @@ def describe_mismatch(state: dict[str, Any], cfg: Config) -> str:
         if getattr(saved.priors, key) != getattr(cfg.priors, key):
             parts.append(f"priors.{key} differs")
     return "; ".join(parts)
+
+
+def load_model_state(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, hint: str = ""
+) -> None:
+    """Strict state-dict load with a one-line error (`CheckpointMismatchError`, a ValueError)
+    that names the checkpoint, `hint` (e.g. `describe_mismatch`: the config keys that differ) and
+    the first mismatching keys or shapes."""
+    prefix = f"{source}: checkpoint does not fit the configured model" + (f" ({hint})" if hint else "")
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # size mismatches raise even with strict=False: keep the first one
+        lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+        detail = lines[0] if lines else str(exc).splitlines()[0]
+        more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+        raise CheckpointMismatchError(f"{prefix}: {detail}{more}") from exc
+    problems = []
+    if result.missing_keys:
+        problems.append(f"missing {result.missing_keys[:5]}")
+    if result.unexpected_keys:
+        problems.append(f"unexpected {result.unexpected_keys[:5]}")
+    if problems:
+        raise CheckpointMismatchError(f"{prefix}: {'; '.join(problems)}")
+
+
+def load_model(
+    checkpoint: str | Path | None = None,
+    cfg: Config | None = None,
+    *,
+    config: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    ema: bool = True,
+) -> tuple[Config, SSD]:
+    """The config and the eval-mode model (CPU, priors frozen) of a checkpoint and/or config.
+
+    The config is `cfg` when given, else the `config` file (it overrides the checkpoint's), else
+    the config stored in the checkpoint (a checkpoint without one is an error asking for
+    `--config`), else the defaults; `overrides` (`key.path=value`) apply to the last two. The
+    weights are the inference weights of the checkpoint (`model_weights`: the EMA weights when
+    the run kept them; `ema=False` takes the trained ones); without a checkpoint they are random.
+    Raises ConfigError / CheckpointError naming the file; weights that do not fit the configured
+    model raise CheckpointMismatchError (naming the config keys that differ)."""
+    state = load_checkpoint(checkpoint) if checkpoint is not None else None
+    if cfg is None:
+        cfg = config_for_checkpoint(state, checkpoint, config, overrides)
+    model = build_model(cfg)
+    if state is not None:
+        weights = model_weights(state) if ema else state["model"]
+        load_model_state(model, weights, str(checkpoint), describe_mismatch(state, cfg))
+    model.priors.freeze()
+    return cfg, model.eval()

@@ -123,19 +123,6 @@ def resolve_train_runtime(cfg: Config, caps: DeviceCaps) -> TrainRuntime:
     )
 
 
-def resolve_inference_precision(cfg: Config, caps: DeviceCaps, override: str | None = None) -> Precision:
-    """The network precision of evaluation / prediction / `Detector` / benchmark on a device:
-    `override` when given, else `inference.precision` (see `resolve_precision`)."""
-    return resolve_precision(override if override is not None else cfg.inference.precision, caps)
-
-
-def use_channels_last(cfg: Config, caps: DeviceCaps) -> bool:
-    """Whether inference runs the network in channels_last (NHWC) memory format: the
-    `inference.channels_last` setting on CUDA and CPU devices (cuDNN / oneDNN run NHWC
-    convolutions without layout reorders), off on other devices."""
-    return cfg.inference.channels_last and caps.type in ("cuda", "cpu")
-
-
 def apply_cudnn_benchmark(enabled: bool) -> None:
     """Set cuDNN autotuning (only meaningful on CUDA; harmless elsewhere)."""
     torch.backends.cudnn.benchmark = enabled

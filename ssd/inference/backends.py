@@ -2,13 +2,13 @@
 
 Every backend is a callable `network(images [B, 3, S, S] float, normalised) -> (cls_logits
 [B, P, C], box_deltas [B, P, 4])` (float32 tensors on the model's device); pre-processing,
-decode and NMS stay in PyTorch (`ssd.detector.preprocess`, `ssd.postprocess.postprocess`), so
+decode and NMS stay in PyTorch (`ssd.inference.detector.preprocess`, `ssd.postprocess.postprocess`), so
 every backend gives detections through the same code.
 
 - `eager`: the PyTorch module in eval mode, channels_last (NHWC) weights and input where asked
   (oneDNN on CPUs and cuDNN on GPUs run NHWC convolutions without layout reorders), autocast at
   the requested precision.
-- `onnxruntime` / `openvino` (CPU): the network graph of `ssd.export.export_onnx` (dynamic batch),
+- `onnxruntime` / `openvino` (CPU): the network graph of `ssd.inference.export.export_onnx` (dynamic batch),
   written to `onnx_path` or a temporary file, run by ONNX Runtime's CPU execution provider or
   OpenVINO's CPU plugin (compiled once per input shape, latency hint). Both runtimes are the
   optional extra `pip install ssd512[deploy]`; nothing is downloaded at run time.
@@ -16,6 +16,7 @@ every backend gives detections through the same code.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import tempfile
@@ -25,7 +26,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from ssd.engine.runtime import autocast
+from ssd.inference.runtime import autocast
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,19 @@ def backend_available(name: str) -> bool:
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {name!r}")
     module = _MODULES.get(name)
     return module is None or importlib.util.find_spec(module) is not None
+
+
+class TensorOutputs(nn.Module):
+    """`forward(images [B, 3, S, S]) -> (cls_logits [B, P, C], box_deltas [B, P, 4])`: the
+    network with plain tensor outputs (for torch.compile, tracing and ONNX export)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.model(images)
+        return out.cls_logits, out.box_deltas
 
 
 class EagerNetwork:
@@ -88,8 +102,9 @@ class _OnnxNetwork:
             )
         if next(model.parameters()).device.type != "cpu":
             raise BackendError(f"backend {self.name!r} runs on the CPU; build the model on device cpu")
-        from ssd.engine.benchmark import PipelineSettings
-        from ssd.export import export_onnx
+        from ssd.config import Config
+        from ssd.inference.export import export_onnx
+        from ssd.inference.settings import InferenceSettings
 
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if onnx_path is None:
@@ -97,7 +112,9 @@ class _OnnxNetwork:
             onnx_path = Path(self._tmp.name) / "network.onnx"
         self.onnx_path = Path(onnx_path)
         if not self.onnx_path.exists():
-            export_onnx(model, self.onnx_path, PipelineSettings(image_size=image_size))  # type: ignore[arg-type]
+            # the network graph needs only the input size of the settings
+            settings = dataclasses.replace(InferenceSettings.from_config(Config()), image_size=image_size)
+            export_onnx(model, self.onnx_path, settings)  # type: ignore[arg-type]
 
     @staticmethod
     def _outputs(logits: Any, deltas: Any) -> tuple[Tensor, Tensor]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,41 +29,14 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
-from ssd.config import Config
-from ssd.detector import load_model_state
-from ssd.engine.benchmark import PipelineSettings, TensorOutputs
-from ssd.engine.checkpoint import config_for_checkpoint, describe_mismatch, load_checkpoint, model_weights
-from ssd.modeling.build import build_model
+from ssd.inference.backends import TensorOutputs
+from ssd.inference.settings import InferenceSettings
 from ssd.modeling.ssd import SSD
 from ssd.priors.coder import decode
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 17
-
-
-def load_inference_model(
-    checkpoint: str | Path | None = None,
-    config: str | Path | None = None,
-    overrides: Sequence[str] = (),
-) -> tuple[Config, SSD]:
-    """Config and eval-mode model (CPU, priors frozen) of a checkpoint and/or config file.
-
-    The config comes from `config` when given (it overrides the checkpoint's), else from the
-    checkpoint's stored "config" dict (a checkpoint without one is an error asking for
-    `--config`), else the defaults; `overrides` (`key.path=value`) apply last. Without a
-    checkpoint the weights are random. Raises ConfigError / CheckpointError naming the file; a
-    state dict that does not fit the configured model raises CheckpointMismatchError.
-    """
-    state: dict[str, Any] | None = None
-    if checkpoint is not None:
-        state = load_checkpoint(checkpoint)
-    cfg = config_for_checkpoint(state, checkpoint, config, overrides)
-    model = build_model(cfg)
-    if state is not None:
-        load_model_state(model, model_weights(state), str(checkpoint), describe_mismatch(state, cfg))
-    model.priors.freeze()
-    return cfg, model.eval()
 
 
 class DetectionsModule(nn.Module):
@@ -77,7 +50,7 @@ class DetectionsModule(nn.Module):
 
     priors: Tensor
 
-    def __init__(self, model: SSD, settings: PipelineSettings) -> None:
+    def __init__(self, model: SSD, settings: InferenceSettings) -> None:
         super().__init__()
         self.net = TensorOutputs(model)
         self.register_buffer("priors", model.priors().detach().float().clone())
@@ -103,7 +76,7 @@ class DetectionsModule(nn.Module):
 def export_onnx(
     model: SSD,
     path: str | Path,
-    settings: PipelineSettings,
+    settings: InferenceSettings,
     *,
     with_nms: bool = False,
     opset: int = DEFAULT_OPSET,
@@ -130,7 +103,7 @@ def export_onnx(
         # data-dependent shapes that the NMS graph has on purpose
         warnings.simplefilter("ignore", category=DeprecationWarning)
         warnings.simplefilter("ignore", category=FutureWarning)
-        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)  # type: ignore[attr-defined, unused-ignore]
         warnings.simplefilter("ignore", category=UserWarning)
         torch.onnx.export(
             module,
@@ -159,17 +132,72 @@ def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max()) if a.size else 0.0
 
 
+@dataclass(frozen=True)
+class ImageCheck:
+    """One image of an NMS-graph check: detection counts of PyTorch and ONNX Runtime, the largest
+    box and score differences after matching, and whether they agree."""
+
+    detections_torch: int
+    detections_onnx: int
+    max_abs_diff_boxes: float
+    max_abs_diff_scores: float
+    ok: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class OnnxCheck:
+    """The result of `verify_onnx`: the ONNX file, which graph, how many images, the largest
+    difference and the tolerance it was held to, and `ok`. Network graph: also the largest
+    difference per output and the largest reference magnitude; NMS graph: the largest box and
+    score differences and each image's `ImageCheck`."""
+
+    onnx: str
+    with_nms: bool
+    num_images: int
+    max_abs_diff: float
+    tolerance: float
+    ok: bool
+    max_abs_diff_per_output: dict[str, float] | None = None
+    max_abs_reference: float | None = None
+    max_abs_diff_boxes: float | None = None
+    max_abs_diff_scores: float | None = None
+    per_image: list[ImageCheck] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready dict (the "verification" entry of the export report)."""
+        out: dict[str, Any] = {
+            "onnx": self.onnx,
+            "with_nms": self.with_nms,
+            "num_images": self.num_images,
+            "max_abs_diff": self.max_abs_diff,
+        }
+        if self.with_nms:
+            out["max_abs_diff_boxes"] = self.max_abs_diff_boxes
+            out["max_abs_diff_scores"] = self.max_abs_diff_scores
+            out["tolerance"] = self.tolerance
+            out["per_image"] = [c.to_dict() for c in self.per_image or []]
+        else:
+            out["max_abs_diff_per_output"] = self.max_abs_diff_per_output
+            out["max_abs_reference"] = self.max_abs_reference
+            out["tolerance"] = self.tolerance
+        out["ok"] = self.ok
+        return out
+
+
 def verify_onnx(
     path: str | Path,
     model: SSD,
     images: Tensor,
-    settings: PipelineSettings,
+    settings: InferenceSettings,
     *,
     with_nms: bool = False,
     atol: float = 1e-4,
     rtol: float = 1e-4,
     device: str | torch.device = "cpu",
-) -> dict[str, Any]:
+) -> OnnxCheck:
     """Run the ONNX file with onnxruntime (CPU) and PyTorch (on `device`) on `images`
     [N, 3, S, S] (normalised) and compare.
 
@@ -177,13 +205,13 @@ def verify_onnx(
     element is within `atol + rtol * max|reference|`. NMS graph: image by image; `ok` when each
     image gives the same number of detections with the same labels, and boxes / scores within
     `atol + rtol * max|reference|` after matching each detection to the nearest PyTorch one of the
-    same class (near-equal scores may be ordered differently). Returns a JSON-ready report.
+    same class (near-equal scores may be ordered differently). Returns an `OnnxCheck`.
     """
     session = _onnx_session(path)
     dev = torch.device(device)
     model = model.eval().to(dev)
     images = images.float().cpu()
-    report: dict[str, Any] = {"onnx": str(path), "with_nms": with_nms, "num_images": int(images.shape[0])}
+    num_images = int(images.shape[0])
     with torch.no_grad():
         if not with_nms:
             ref = [t.cpu().numpy() for t in TensorOutputs(model)(images.to(dev))]
@@ -191,16 +219,18 @@ def verify_onnx(
             diffs = {name: _max_abs(g, r) for name, g, r in zip(("cls_logits", "box_deltas"), got, ref)}
             scale = max(float(np.abs(r).max()) for r in ref)
             shapes_ok = all(g.shape == r.shape for g, r in zip(got, ref))
-            report.update(
+            return OnnxCheck(
+                onnx=str(path),
+                with_nms=False,
+                num_images=num_images,
                 max_abs_diff=max(diffs.values()),
                 max_abs_diff_per_output=diffs,
                 max_abs_reference=scale,
                 tolerance=atol + rtol * scale,
                 ok=shapes_ok and max(diffs.values()) <= atol + rtol * scale,
             )
-            return report
         module = DetectionsModule(model, settings).eval()
-        per_image = []
+        per_image: list[ImageCheck] = []
         worst_box = worst_score = 0.0
         all_ok = True
         for i in range(images.shape[0]):
@@ -224,21 +254,15 @@ def verify_onnx(
             ok = same_count and same_labels and box_diff <= tol and score_diff <= tol
             all_ok &= ok
             worst_box, worst_score = max(worst_box, box_diff), max(worst_score, score_diff)
-            per_image.append(
-                {
-                    "detections_torch": len(rs),
-                    "detections_onnx": len(gs),
-                    "max_abs_diff_boxes": box_diff,
-                    "max_abs_diff_scores": score_diff,
-                    "ok": ok,
-                }
-            )
-        report.update(
-            max_abs_diff=max(worst_box, worst_score),
-            max_abs_diff_boxes=worst_box,
-            max_abs_diff_scores=worst_score,
-            tolerance=atol + rtol,
-            per_image=per_image,
-            ok=all_ok,
-        )
-    return report
+            per_image.append(ImageCheck(len(rs), len(gs), box_diff, score_diff, ok))
+    return OnnxCheck(
+        onnx=str(path),
+        with_nms=True,
+        num_images=num_images,
+        max_abs_diff=max(worst_box, worst_score),
+        max_abs_diff_boxes=worst_box,
+        max_abs_diff_scores=worst_score,
+        tolerance=atol + rtol,
+        per_image=per_image,
+        ok=all_ok,
+    )

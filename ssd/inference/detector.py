@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -12,19 +11,13 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch import Tensor
 
-from ssd.backends import build_network
 from ssd.config import Config
-from ssd.engine.checkpoint import (
-    CheckpointMismatchError,
-    config_for_checkpoint,
-    describe_mismatch,
-    load_checkpoint,
-    model_weights,
-)
-from ssd.engine.runtime import DeviceCaps, resolve_inference_precision, use_channels_last
-from ssd.modeling.build import build_model
-from ssd.postprocess import postprocess
-from ssd.sliced import build_sliced_predictor
+from ssd.inference.backends import build_network
+from ssd.inference.checkpoint import load_model
+from ssd.inference.runtime import DeviceCaps
+from ssd.inference.settings import InferenceSettings
+from ssd.inference.sliced import build_sliced_predictor
+from ssd.modeling.ssd import SSD
 from ssd.structures import Detections, HeadOutputs
 
 ImageLike = Tensor | np.ndarray | Image.Image
@@ -33,7 +26,8 @@ ImageLike = Tensor | np.ndarray | Image.Image
 def to_uint8_chw(image: ImageLike) -> Tensor:
     """PIL image, HWC numpy array (RGB) or CHW tensor -> uint8 [3, H, W] tensor."""
     if isinstance(image, Image.Image):
-        return TF.pil_to_tensor(image.convert("RGB"))
+        t: Tensor = TF.pil_to_tensor(image.convert("RGB"))
+        return t
     if isinstance(image, np.ndarray):
         arr = image if image.ndim == 3 else image[..., None]
         t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
@@ -80,7 +74,7 @@ class Detector:
     A checkpoint that does not fit `cfg` raises `CheckpointMismatchError` (a ValueError).
     `backend` runs the network: "eager" (PyTorch; `precision` None = `inference.precision`,
     channels_last per `inference.channels_last`), "onnxruntime" or "openvino" (CPU, fp32, through
-    the ONNX export; written to `onnx_path` or a temporary file). See `ssd.backends`. Sliced
+    the ONNX export; written to `onnx_path` or a temporary file). See `ssd.inference.backends`. Sliced
     inference (`input.tiling`) runs the eager model.
     """
 
@@ -92,28 +86,51 @@ class Detector:
         backend: str = "eager",
         precision: str | None = None,
         onnx_path: str | Path | None = None,
-    ):
-        state: dict[str, Any] | None = load_checkpoint(checkpoint) if checkpoint is not None else None
-        if cfg is None:
-            cfg = config_for_checkpoint(state, checkpoint)
+    ) -> None:
+        cfg, model = load_model(checkpoint, cfg)
+        self._setup(cfg, model, device, backend, precision, onnx_path)
+
+    @classmethod
+    def from_model(
+        cls,
+        cfg: Config,
+        model: SSD,
+        device: str | torch.device = "cpu",
+        backend: str = "eager",
+        precision: str | None = None,
+        onnx_path: str | Path | None = None,
+    ) -> Detector:
+        """A Detector around a model already built and loaded (`ssd.inference.checkpoint.load_model`)."""
+        detector = cls.__new__(cls)
+        detector._setup(cfg, model, device, backend, precision, onnx_path)
+        return detector
+
+    def _setup(
+        self,
+        cfg: Config,
+        model: SSD,
+        device: str | torch.device,
+        backend: str,
+        precision: str | None,
+        onnx_path: str | Path | None,
+    ) -> None:
         self.cfg = cfg
+        self.settings = InferenceSettings.from_config(cfg)
         self.device = torch.device(device)
-        self.model = build_model(cfg)
-        if state is not None:
-            load_model_state(self.model, model_weights(state), str(checkpoint), describe_mismatch(state, cfg))
+        self.model = model
         self.model.priors.freeze()
         self.model.to(self.device).eval()
         self.class_names = cfg.data.classes
-        # input.tiling: sliced inference (ssd.sliced), the whole call goes through it
+        # input.tiling: sliced inference (ssd.inference.sliced), the whole call goes through it
         self.sliced = (
             build_sliced_predictor(cfg, self.model, self.device) if cfg.input.tiling.enabled else None
         )
         caps = DeviceCaps.of(self.device)
         eager = backend == "eager"
-        self.precision = resolve_inference_precision(cfg, caps, precision) if eager else "fp32"
+        self.precision = self.settings.precision_on(caps, precision) if eager else "fp32"
         self.network = build_network(
-            backend, self.model, cfg.priors.image_size, precision=self.precision,
-            channels_last=eager and use_channels_last(cfg, caps), onnx_path=onnx_path,
+            backend, self.model, self.settings.image_size, precision=self.precision,
+            channels_last=eager and self.settings.channels_last_on(caps), onnx_path=onnx_path,
         )  # fmt: skip
 
     @torch.inference_mode()
@@ -123,38 +140,7 @@ class Detector:
         tensors = [to_uint8_chw(im) for im in images]
         if self.sliced is not None:
             return self.sliced(tensors)
-        c = self.cfg
-        x, sizes = preprocess(tensors, c.priors.image_size, c.input.mean, c.input.std, self.device)
+        s = self.settings
+        x, sizes = preprocess(tensors, s.image_size, s.mean, s.std, self.device)
         outputs = HeadOutputs(*self.network(x))
-        pp = c.postprocess
-        return postprocess(
-            outputs,
-            self.model.priors(),
-            sizes,
-            variances=c.priors.variances,
-            score_threshold=pp.score_threshold,
-            nms_iou=pp.nms_iou,
-            top_k=pp.top_k,
-            max_detections=pp.max_detections,
-        )
-
-
-def load_model_state(model: torch.nn.Module, state: dict[str, Tensor], source: str, hint: str = "") -> None:
-    """Strict state-dict load with a one-line error (`CheckpointMismatchError`, a ValueError)
-    that names the checkpoint, `hint` (e.g. `describe_mismatch`: the config keys that differ) and
-    the first mismatching keys or shapes."""
-    prefix = f"{source}: checkpoint does not fit the configured model" + (f" ({hint})" if hint else "")
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # size mismatches raise even with strict=False: keep the first one
-        lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
-        detail = lines[0] if lines else str(exc).splitlines()[0]
-        more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
-        raise CheckpointMismatchError(f"{prefix}: {detail}{more}") from exc
-    problems = []
-    if result.missing_keys:
-        problems.append(f"missing {result.missing_keys[:5]}")
-    if result.unexpected_keys:
-        problems.append(f"unexpected {result.unexpected_keys[:5]}")
-    if problems:
-        raise CheckpointMismatchError(f"{prefix}: {'; '.join(problems)}")
+        return s.postprocess(outputs, self.model.priors(), sizes)

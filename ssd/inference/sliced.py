@@ -35,19 +35,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
-from torch.utils.data import DataLoader
 from torchvision.ops import batched_nms
 
 from ssd.config import Config
 from ssd.data.records import DatasetError, Record
 from ssd.data.tiling import Tiling
+from ssd.inference.settings import InferenceSettings
 from ssd.modeling.ssd import SSD
-from ssd.postprocess import postprocess
 from ssd.structures import Detections, HeadOutputs
 
 SEAM_MARGIN = 0.03  # share of the window size within which a box side "touches" a window border
@@ -68,14 +66,15 @@ def tile_inputs(
 ) -> Tensor:
     """uint8 [3, H, W] images and their windows ([T_i, 4] xyxy, integer original pixels) ->
     normalised float [sum T_i, 3, size, size]: each window cropped and warped (antialiased) on
-    `device`, exactly as `ssd.detector.preprocess` treats a whole image."""
+    `device`, exactly as `ssd.inference.detector.preprocess` treats a whole image."""
     crops = []
     for img, wins in zip(images, windows):
         x = img.to(device, non_blocking=True)
         for x0, y0, x1, y1 in wins.to(torch.int64).tolist():
             crops.append(TF.resize(x[:, y0:y1, x0:x1], [size, size], antialias=True))
     batch = torch.stack(crops).float().div_(255.0)
-    return TF.normalize(batch, list(mean), list(std))
+    out: Tensor = TF.normalize(batch, list(mean), list(std))
+    return out
 
 
 # --------------------------------------------------------------------------- merge
@@ -257,15 +256,8 @@ class SlicedPredictor:
     model: Callable[[Tensor], HeadOutputs]
     priors: Tensor
     tiling: Tiling
-    image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    settings: InferenceSettings
     device: torch.device
-    variances: tuple[float, float] = (0.1, 0.2)
-    score_threshold: float = 0.01
-    nms_iou: float = 0.45
-    top_k: int = 200
-    max_detections: int = 200
     seam: bool = True
     last_num_tiles: int = 0
 
@@ -274,21 +266,13 @@ class SlicedPredictor:
         if not images:
             return []
         windows = [self.tiling.windows(int(im.shape[-1]), int(im.shape[-2])) for im in images]
-        x = tile_inputs(images, windows, self.image_size, self.mean, self.std, self.device)
+        st = self.settings
+        x = tile_inputs(images, windows, st.image_size, st.mean, st.std, self.device)
         all_windows = torch.cat(windows).to(self.device)
         self.last_num_tiles = int(all_windows.shape[0])
         outputs = self.model(x)
         sizes = torch.stack([all_windows[:, 3] - all_windows[:, 1], all_windows[:, 2] - all_windows[:, 0]], 1)
-        per_tile = postprocess(
-            outputs,
-            self.priors.to(self.device),
-            sizes,
-            variances=self.variances,
-            score_threshold=self.score_threshold,
-            nms_iou=self.nms_iou,
-            top_k=self.top_k,
-            max_detections=self.max_detections,
-        )
+        per_tile = st.postprocess(outputs, self.priors.to(self.device), sizes)
         results, t = [], 0
         for im, wins in zip(images, windows):
             n = int(wins.shape[0])
@@ -308,8 +292,8 @@ class SlicedPredictor:
                     tiles,
                     all_windows[t : t + n],
                     (int(im.shape[-2]), int(im.shape[-1])),
-                    nms_iou=self.nms_iou,
-                    max_detections=self.max_detections,
+                    nms_iou=st.nms_iou,
+                    max_detections=st.max_detections,
                     seam=self.seam,
                 )
             )
@@ -319,35 +303,17 @@ class SlicedPredictor:
 
 def build_sliced_predictor(cfg: Config, model: SSD, device: torch.device) -> SlicedPredictor:
     """The sliced predictor of `cfg.input.tiling` around an SSD `model` (its own priors, frozen)."""
-    pp = cfg.postprocess
     return SlicedPredictor(
         model=model,
         priors=model.priors().detach(),
         tiling=Tiling.from_config(cfg.input.tiling),
-        image_size=cfg.priors.image_size,
-        mean=cfg.input.mean,
-        std=cfg.input.std,
+        settings=InferenceSettings.from_config(cfg),
         device=torch.device(device),
-        variances=cfg.priors.variances,
-        score_threshold=pp.score_threshold,
-        nms_iou=pp.nms_iou,
-        top_k=pp.top_k,
-        max_detections=pp.max_detections,
         seam=cfg.input.tiling.merge == "seam",
     )
 
 
 # --------------------------------------------------------------------------- evaluation
-
-
-def _raw(
-    image: Tensor, boxes: Tensor, labels: Tensor, difficult: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return image, boxes, labels, difficult
-
-
-def _as_list(samples: list[Any]) -> list[Any]:
-    return samples
 
 
 @torch.inference_mode()
@@ -362,27 +328,13 @@ def predict_split_tiled(
     be read, by image id; `eval.batch_size` images (all their windows) per forward pass. Also
     the records of the images read (loader order) and the DatasetError of each image left out
     (`data.skip_invalid`; without it the first unreadable image raises its DatasetError)."""
-    from ssd.data.loader import DetectionDataset, LoadFailure, build_records
+    from ssd.data.loader import LoadFailure, build_eval_loader
 
     was_training = model.training
     model.eval()
-    skipped: list[DatasetError] = []
-    records = build_records(cfg, split, open_images=True, left_out=skipped)
-    dataset = DetectionDataset(
-        records,
-        _raw,
-        seed=cfg.seed,
-        skip_invalid=cfg.data.skip_invalid,
-        replace_invalid=False,
-        return_failures=True,
-    )
-    loader = DataLoader(
-        dataset,
-        batch_size=cfg.eval.batch_size,
-        shuffle=False,
-        num_workers=cfg.data.num_workers,
-        collate_fn=_as_list,
-    )
+    loader = build_eval_loader(cfg, split, raw=True)
+    records: list[Record] = loader.dataset.records  # type: ignore[attr-defined]
+    skipped: list[DatasetError] = list(loader.dataset.left_out)  # type: ignore[attr-defined]
     predictor = build_sliced_predictor(cfg, model, device)
     out: dict[str, Detections] = {}
     try:
