@@ -27,11 +27,11 @@ pytest: install
 test: lint typecheck pytest
 
 demo: install
-	$(PY) -m tools.demo
+	$(PY) -m ssd.cli.demo
 
 # The prepared device check (CUDA): tests, inference and training speed, memory -> docs/results/gpu/
 gpu-check: install
-	$(PY) -m tools.gpu_check --device cuda --output-dir docs/results/gpu
+	$(PY) -m ssd.cli.gpu_check --device cuda --output-dir docs/results/gpu
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

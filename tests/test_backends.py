@@ -112,7 +112,7 @@ def test_benchmark_cli_backend_vs_eager_reports_speed_ratio(
     backend: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip(backend)
-    from tools.benchmark import main
+    from ssd.cli.benchmark import main
 
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(json.dumps(TINY))
@@ -132,7 +132,7 @@ def test_benchmark_cli_backend_vs_eager_reports_speed_ratio(
 
 
 def test_benchmark_cli_refuses_backend_on_fp16(tmp_path: Path) -> None:
-    from tools.benchmark import main
+    from ssd.cli.benchmark import main
 
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(json.dumps(TINY))

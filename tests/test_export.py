@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ssd.cli.export import main as export_main
 from ssd.config import Config, config_from_dict, config_to_dict, replace
 from ssd.engine.benchmark import random_images
 from ssd.inference.checkpoint import CheckpointError, load_model, save_checkpoint
@@ -19,7 +20,6 @@ from ssd.modeling.build import build_model
 from ssd.modeling.ssd import SSD
 from ssd.postprocess import postprocess
 from tests.engine.test_benchmark import TINY, TINY_PRIORS
-from tools.export import main as export_main
 
 
 @pytest.fixture(scope="module")

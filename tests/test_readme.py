@@ -98,20 +98,32 @@ def to_argv(command: str, env: dict[str, str]) -> list[str]:
     return out
 
 
+def console_scripts() -> dict[str, str]:
+    """The installed commands (`ssd-train`, ...) and the modules behind them, from pyproject.toml."""
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
+    return {name: target.removesuffix(":main") for name, target in scripts.items()}
+
+
 def run(argv: list[str]) -> str:
     """Run one command line in-process; returns its stdout. Fails on a non-zero exit."""
     exe, *rest = argv
-    assert exe in ("python", ".venv/bin/python"), argv
+    scripts = console_scripts()
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        if rest[0] == "-c":
-            exec(compile(rest[1], "<readme>", "exec"), {})
-            return stdout.getvalue()
-        if rest[0] == "-m":
-            module, args = rest[1], rest[2:]
-        else:  # a script path, tools/x.py
-            module, args = rest[0].removesuffix(".py").replace("/", "."), rest[1:]
-        assert module.startswith("tools."), argv
+        if exe.removeprefix(".venv/bin/") in scripts:  # a console script, ssd-train
+            module, args = scripts[exe.removeprefix(".venv/bin/")], rest
+        else:
+            assert exe in ("python", ".venv/bin/python"), argv
+            if rest[0] == "-c":
+                exec(compile(rest[1], "<readme>", "exec"), {})
+                return stdout.getvalue()
+            if rest[0] == "-m":
+                module, args = rest[1], rest[2:]
+            else:  # a script path, tools/x.py
+                module, args = rest[0].removesuffix(".py").replace("/", "."), rest[1:]
+        assert module.startswith(("ssd.cli.", "tools.")), argv
         rc = importlib.import_module(module).main(args)
     assert rc == 0, f"{' '.join(argv)} exited {rc}"
     return stdout.getvalue()
@@ -148,7 +160,7 @@ def tianchi_boxes_standin(path: Path, images: int = 40, seed: int = 0) -> None:
 
 def test_every_readme_command_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     commands = readme_commands((REPO / "README.md").read_text(encoding="utf-8"))
-    assert any("tools.evaluate --checkpoint" in c for c in commands)  # the blocks were found
+    assert any("ssd-evaluate --checkpoint" in c for c in commands)  # the blocks were found
     (tmp_path / "configs").mkdir()
     for path in sorted((REPO / "configs").glob("*.yaml")):
         values = tiny_config(path)

@@ -1,1 +1,1 @@
-"""Command-line tools: each module has `main(argv) -> int`."""
+"""Developer benchmarks (run from a checkout: `python -m tools.bench_<name>`); not installed."""

@@ -20,7 +20,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tools.common import USAGE_ERRORS, add_config_args, config_from_args, fail, print_json, setup_logging
+from ssd.cli.common import USAGE_ERRORS, add_config_args, config_from_args, fail, print_json, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:

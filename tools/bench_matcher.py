@@ -21,7 +21,7 @@ import statistics
 import time
 from typing import Any
 
-from tools.common import USAGE_ERRORS, add_config_args, config_from_args, fail, print_json
+from ssd.cli.common import USAGE_ERRORS, add_config_args, config_from_args, fail, print_json
 
 
 def _rss_bytes() -> int:

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from tools.common import USAGE_ERRORS, add_config_args, config_from_args, fail, setup_logging
+from ssd.cli.common import USAGE_ERRORS, add_config_args, config_from_args, fail, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:

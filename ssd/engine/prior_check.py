@@ -105,7 +105,7 @@ def prior_fit(cfg: Config, boxes: BoxSet) -> PriorFit:
 def optimize_command(out: Path) -> str:
     """The command that fits priors to this run's training boxes (its config.yaml)."""
     return (
-        f"python -m tools.priors optimize --config {out / 'config.yaml'} --split-name train "
+        f"ssd-priors optimize --config {out / 'config.yaml'} --split-name train "
         f"--method coverage --out {out / 'priors_coverage.yaml'}"
     )
 
@@ -156,7 +156,7 @@ def check_priors(cfg: Config, out: Path | None) -> tuple[Config, PriorCheck]:
             report = dataclasses.replace(report, priors_config=str(path))
         cfg = fitted
     elif before.recall < t.prior_check_min_recall:
-        command = optimize_command(out) if out is not None else "python -m tools.priors optimize ..."
+        command = optimize_command(out) if out is not None else "ssd-priors optimize ..."
         report = dataclasses.replace(report, warning=command)
         log.warning(
             "prior check: the priors reach only %.1f%% grid recall@%.2f of the training boxes (below "

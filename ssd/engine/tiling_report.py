@@ -1,7 +1,7 @@
 """Tiled vs untiled: score trained runs on their validation split (mAP, mAP of the small boxes,
 per-class AP) and time them (images/s of full photos, tiles/s), as one report.
 
-A run is a training folder (`config.yaml` + `last.pt`, as `tools/train.py` writes it); its
+A run is a training folder (`config.yaml` + `last.pt`, as `ssd-train` writes it); its
 config says whether it is tiled (`input.tiling.enabled`), and it is evaluated the way it was
 trained. Small boxes: `ssd.evaluation.small` (under 32 x 32 after the 512 warp of the image).
 """

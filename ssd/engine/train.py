@@ -567,7 +567,7 @@ class _Trainer:
             raise TrainingError(
                 f"{self.bad_in_row} non-finite losses in a row at iteration {it} "
                 f"(train.max_bad_steps={max_bad}); lower train.lr, check "
-                "the data with tools/check_dataset.py, or set train.grad_clip"
+                "the data with ssd-check-dataset, or set train.grad_clip"
             )
 
     # ----------------------------------------------------------------- after the step

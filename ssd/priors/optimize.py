@@ -56,7 +56,7 @@ METHODS: tuple[str, ...] = ("chi", "kmeans", "coverage")
 # vector per cell and the head learns to tell them apart slowly, so on short schedules they can
 # cost more mAP than the recall they add (the README's prior section measures both).
 SUBGRIDS: Final[tuple[tuple[int, int], ...]] = ()
-# Defaults of the coverage method (tools/priors.py uses the same), chosen on held-out synthetic
+# Defaults of the coverage method (ssd-priors uses the same), chosen on held-out synthetic
 # aluminum data (fitted on one set of images, scored on another): a recall-first objective,
 # 16 jittered copies of every box with size noise, room for sub-grid copies on a level, and no
 # shape that adds less than 0.1 % to the objective (smaller gains are a handful of sample

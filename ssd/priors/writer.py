@@ -1,5 +1,5 @@
 """The prior-config writer: a YAML config file whose `priors:` section holds a prior set in shape
-form. Used for every prior set the library produces (`tools/priors.py optimize`,
+form. Used for every prior set the library produces (`ssd-priors optimize`,
 `train.auto_priors`, the export of learned priors), so they all read the same way.
 """
 

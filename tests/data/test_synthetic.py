@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ssd.cli import synthesize
 from ssd.config import Config, load_config, replace
 from ssd.data.labelme import DEFECT_FREE_FOLDER, TIANCHI_CLASSES, TIANCHI_LABELS, read_labelme_records
 from ssd.data.loader import build_records
@@ -25,7 +26,6 @@ from ssd.data.synthetic import (
     sample_wh,
 )
 from tests.data import REPO
-from tools import synthesize
 
 SIZE = (160, 120)
 N = 30

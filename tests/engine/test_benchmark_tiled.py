@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from ssd.cli.benchmark import main
 from ssd.config import Config, config_from_dict
 from ssd.engine.benchmark_tiled import benchmark_tiled
 from ssd.modeling.build import build_model
 from tests.conftest import TINY_PRIORS
-from tools.benchmark import main
 
 
 def _cfg() -> Config:

@@ -3,7 +3,7 @@
 The oracle: 2 processes x batch 1 must give the same model as 1 process x batch 2 on the same
 global stream (SGD; no batch norm, whose statistics are per process without SyncBatchNorm).
 One spawn runs several scenarios to keep process start-up cost down; a second test goes through
-torchrun and tools/train.py.
+torchrun and ssd-train.
 """
 
 from __future__ import annotations
@@ -277,7 +277,7 @@ def test_torchrun_cli_trains_with_two_processes(tmp_path: Path) -> None:
     save_config(cfg, config_path)
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD),
-        str(REPO / "tools" / "train.py"), "--config", str(config_path), "--output-dir", str(tmp_path / "run"),
+        "-m", "ssd.cli.train", "--config", str(config_path), "--output-dir", str(tmp_path / "run"),
         "--set", "train.eval_every=1000", "--json", "--quiet",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}

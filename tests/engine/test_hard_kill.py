@@ -1,4 +1,4 @@
-"""A hard kill (SIGKILL: no signal handler, no `finally`) of `tools/train.py` loses at most one
+"""A hard kill (SIGKILL: no signal handler, no `finally`) of `ssd-train` loses at most one
 checkpoint interval, and `--resume` then redoes the lost iterations exactly (the same losses as
 before the kill) and finishes the run.
 
@@ -46,7 +46,7 @@ CONFIG = {
     "eval": {"batch_size": 2},
 }
 
-# Runs tools/train.py, but the second checkpoint write dies half way (SIGKILL to itself).
+# Runs ssd-train, but the second checkpoint write dies half way (SIGKILL to itself).
 DIE_WHILE_SAVING = """
 import io, os, signal, sys
 import torch
@@ -62,7 +62,7 @@ def save_then_die(obj, f, *args, **kwargs):
     f.flush()
     os.kill(os.getpid(), signal.SIGKILL)
 torch.save = save_then_die
-from tools.train import main
+from ssd.cli.train import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -72,7 +72,7 @@ def _env() -> dict[str, str]:
 
 
 def train_cmd(config: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "tools.train", "--config", str(config), "--output-dir", str(out),
+    return [sys.executable, "-m", "ssd.cli.train", "--config", str(config), "--output-dir", str(out),
             "--device", "cpu", "--quiet", *extra]  # fmt: skip
 
 

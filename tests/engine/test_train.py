@@ -275,14 +275,14 @@ def test_prior_check_warns_with_the_optimize_command(
     assert result.prior_check is not None and result.prior_check.to_dict() == check
     assert check["config"]["recall"] < 0.99
     run_config = tmp_path / "run" / "config.yaml"
-    command = f"python -m tools.priors optimize --config {run_config} --split-name train"
+    command = f"ssd-priors optimize --config {run_config} --split-name train"
     assert command in caplog.text and command in check["warning"]
     # a threshold the priors meet: no warning
     caplog.clear()
     ok = ssd.config.replace(cfg, **{"train.prior_check_min_recall": 0.0})
     with caplog.at_level("WARNING", logger="ssd.engine.prior_check"):
         train(ok, tmp_path / "run2", evaluate_fn=_no_eval)
-    assert "tools.priors optimize" not in caplog.text
+    assert "ssd-priors optimize" not in caplog.text
 
 
 def test_auto_priors_trains_with_fitted_priors_of_higher_recall(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""tools/benchmark.py end to end on a tiny config: JSON summary, output files, sweep, errors."""
+"""ssd-benchmark end to end on a tiny config: JSON summary, output files, sweep, errors."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from ssd.cli.benchmark import main
 from ssd.config import config_from_dict, config_to_dict
 from ssd.inference.checkpoint import save_checkpoint
 from ssd.modeling.build import build_model
 from tests.engine.test_benchmark import TINY, TINY_PRIORS
-from tools.benchmark import main
 
 FAST = ["--device", "cpu", "--warmup", "0", "--iters", "2", "--threads", "1", "--orig-size", "48x64"]
 

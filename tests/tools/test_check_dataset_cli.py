@@ -1,4 +1,4 @@
-"""tools/check_dataset.py: the per-file table, the summary per kind, exit status 0 / 1 / 2,
+"""ssd-check-dataset: the per-file table, the summary per kind, exit status 0 / 1 / 2,
 --json, --split, --decode, --show, --output-dir; and the real NEU-DET command."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pytest
 import yaml
 from PIL import Image
 
+from ssd.cli.check_dataset import main
 from tests.conftest import NEU_ROOT, needs_neu
 from tests.data import REPO
 from tests.data.test_check import GOOD, make_voc, voc_xml
-from tools.check_dataset import main
 
 
 def write_cfg(tmp_path: Path, root: Path, **data: Any) -> Path:

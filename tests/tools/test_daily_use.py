@@ -12,14 +12,14 @@ import torch
 import yaml
 
 import ssd
+from ssd.cli import benchmark as benchmark_tool
+from ssd.cli import evaluate as evaluate_tool
+from ssd.cli import export as export_tool
+from ssd.cli import predict as predict_tool
+from ssd.cli import train as train_tool
 from ssd.config import config_to_dict
 from ssd.inference.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from tests.conftest import TINY_PRIORS, synthetic_data
-from tools import benchmark as benchmark_tool
-from tools import evaluate as evaluate_tool
-from tools import export as export_tool
-from tools import predict as predict_tool
-from tools import train as train_tool
 
 
 def tiny_config(tmp: Path, **train: Any) -> Path:

@@ -1,4 +1,4 @@
-"""tools/evaluate.py end to end on COCO-format files in tmp_path."""
+"""ssd-evaluate end to end on COCO-format files in tmp_path."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from ssd.cli.evaluate import main
 from ssd.evaluation.coco import detections_to_coco, gt_to_coco
 from tests.evaluation.test_voc import SQ, SQ2, as_lists, make_det, make_gt, random_case, reference_voc_ap
-from tools.evaluate import main
 
 
 def write_case(tmp_path: Path, seed: int = 5) -> tuple[Path, Path, dict, list[dict], list[str]]:

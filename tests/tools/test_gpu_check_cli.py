@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from ssd.cli.gpu_check import main
 from ssd.engine.gpu_check import report_stem
-from tools.gpu_check import main
 
 
 def test_quick_cpu_check_writes_every_section(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

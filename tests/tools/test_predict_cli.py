@@ -1,4 +1,4 @@
-"""tools/predict.py on a folder of good and bad images (random weights, the smoke config)."""
+"""ssd-predict on a folder of good and bad images (random weights, the smoke config)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ssd.cli.predict import main, output_names
 from tests.conftest import REPO
 from tests.data import write_image
 from tests.data.test_images import save_with_orientation
-from tools.predict import main, output_names
 
 SMOKE = str(REPO / "configs" / "smoke.yaml")
 

@@ -1,4 +1,4 @@
-"""tools/priors.py end to end on a small COCO-format dataset written to tmp_path."""
+"""ssd-priors end to end on a small COCO-format dataset written to tmp_path."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from ssd import build_model, load_config
-from tools.priors import main
+from ssd.cli.priors import main
 
 W, H = 2560, 1920
 

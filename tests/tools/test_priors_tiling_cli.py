@@ -1,4 +1,4 @@
-"""tools/priors.py with input.tiling (boxes in window space) and --image-fold."""
+"""ssd-priors with input.tiling (boxes in window space) and --image-fold."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ssd.cli.priors import main
 from ssd.data.coco import read_coco_records
 from ssd.data.records import Record, image_folds
 from ssd.data.tiling import Tiling, records_to_tiles, small_before_tiling
 from ssd.priors.fit import records_to_boxes
 from tests.tools.test_priors_cli import run, write_split
-from tools.priors import main
 
 TILED = ["--set", "input.tiling.enabled=true"]
 

@@ -1,4 +1,4 @@
-"""tools/tiling_report.py on two untrained runs of a tiny synthetic set."""
+"""ssd-tiling-report on two untrained runs of a tiny synthetic set."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from ssd.cli.tiling_report import main
 from ssd.config import config_from_dict, save_config
 from ssd.inference.checkpoint import save_checkpoint
 from ssd.modeling.build import build_model
 from tests.conftest import TINY_PRIORS, synthetic_data
-from tools.tiling_report import main
 
 
 def _run(folder: Path, data_root: Path, tiling: dict[str, object]) -> Path:

@@ -1,4 +1,4 @@
-"""Draw detections on images: `tools/predict.py --checkpoint CKPT IMAGES... --output-dir DIR`.
+"""Draw detections on images: `ssd-predict --checkpoint CKPT IMAGES... --output-dir DIR`.
 
 Images are read as training reads them (`ssd.data.image.read_image`: EXIF orientation applied,
 16-bit scaled to 8 bit, any PIL failure a one-line error naming the file). An image that cannot
@@ -11,7 +11,7 @@ Exit status: 0 every image drawn, 1 some images could not be read (the rest were
 
 The checkpoint carries its config (`--config`/`--set` override it). `--save-json PATH` also writes
 every detection above `postprocess.score_threshold` (not only the drawn ones) as a COCO results
-list `[{image_id, category_id, bbox xywh px, score}]`, which `tools/evaluate.py --annotations
+list `[{image_id, category_id, bbox xywh px, score}]`, which `ssd-evaluate --annotations
 GT.json --predictions PATH` scores. With `--annotations GT.json` the image and category ids are
 those of that file (images matched by file name, then by stem); without, `image_id` is the file
 stem and `category_id` the label (1 = first class of the config).
@@ -22,8 +22,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import cast
 
-from tools.common import USAGE_ERRORS, add_config_args, fail, print_json, setup_logging
+from ssd.cli.common import USAGE_ERRORS, add_config_args, fail, print_json, setup_logging
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         print_json(summary)
     else:
         drawn_n = len(summary) - failed
-        n = sum(len(s.get("detections", [])) for s in summary)  # type: ignore[arg-type]
+        n = sum(len(cast(list[object], s.get("detections", []))) for s in summary)
         skipped = f"; {failed} could not be read (see the warnings)" if failed else ""
         print(f"{drawn_n} images, {n} detections drawn into {out_dir}{skipped}")
     return 1 if failed else 0

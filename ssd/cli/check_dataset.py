@@ -1,6 +1,6 @@
 """Check a dataset before training: every problem of every file, per file, with a summary.
 
-``tools/check_dataset.py --config CFG [--set k=v ...] [--split train|val|all] [--decode]
+``ssd-check-dataset --config CFG [--set k=v ...] [--split train|val|all] [--decode]
 [--show fatal|warning|info] [--json] [--output-dir DIR]``
 
 Reads the dataset of the config the way training does (``ssd.data.check``): the annotations
@@ -29,10 +29,10 @@ from typing import Any
 
 from tqdm import tqdm
 
+from ssd.cli.common import add_config_args, config_from_args, fail, print_json
 from ssd.config import Config, ConfigError
 from ssd.data.check import KINDS, SEVERITIES, CheckReport, Problem, check_dataset
 from ssd.data.records import DatasetError
-from tools.common import add_config_args, config_from_args, fail, print_json
 
 SPLITS = {"train": ("train",), "val": ("val",), "all": ("train", "val")}
 

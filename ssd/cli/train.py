@@ -1,7 +1,7 @@
-"""Train SSD512: `tools/train.py --config CFG [--set k=v ...] --output-dir DIR [--resume]`.
+"""Train SSD512: `ssd-train --config CFG [--set k=v ...] --output-dir DIR [--resume]`.
 
 Data-parallel on N GPUs of one machine (one process per GPU):
-`torchrun --standalone --nproc_per_node N tools/train.py --device cuda --config CFG ...`.
+`torchrun --standalone --nproc_per_node N -m ssd.cli.train --device cuda --config CFG ...`.
 `train.batch_size` is per process (global batch = batch_size x N) and `train.lr` is the rate of
 the global batch: scale it with N (linear scaling rule, with warm-up). Rank 0 alone shows the
 progress bar, writes the run folder and prints the summary.
@@ -15,7 +15,7 @@ import sys
 
 from tqdm import tqdm
 
-from tools.common import USAGE_ERRORS, add_config_args, config_from_args, fail, print_json, setup_logging
+from ssd.cli.common import USAGE_ERRORS, add_config_args, config_from_args, fail, print_json, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,8 @@
 """Inference speed of SSD512: the network alone and end to end (pre-processing + network + decode
 + NMS + rescale), on CPU or CUDA, optionally beside torchvision's SSD512 in the same process.
 
-  tools/benchmark.py --config configs/ssd512_voc.yaml --device cpu --batch-size 1 --json
-  tools/benchmark.py --device cuda --sweep --channels-last --vs-torchvision --output-dir runs/bench
+  ssd-benchmark --config configs/ssd512_voc.yaml --device cpu --batch-size 1 --json
+  ssd-benchmark --device cuda --sweep --channels-last --vs-torchvision --output-dir runs/bench
 
 Timings are per batch, with warm-up and a device synchronisation after every iteration; the
 table shows median / mean / p90 latency and images/s (from the median). --json prints one JSON
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tools.common import USAGE_ERRORS, add_config_args, fail, print_json, setup_logging
+from ssd.cli.common import USAGE_ERRORS, add_config_args, fail, print_json, setup_logging
 
 SWEEP_BATCH_SIZES = "1,8,32,64"
 SWEEP_PRECISIONS = "fp32,bf16,fp16"

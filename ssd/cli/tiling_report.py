@@ -1,10 +1,10 @@
 """Tiled vs untiled runs side by side: mAP, mAP of the small boxes (under 32 x 32 after the 512
 warp), per-class AP and speed (images/s of full photos, tiles/s); report.json + report.md.
 
-    python -m tools.tiling_report --run untiled=runs/tiling/untiled --run tiled=runs/tiling/tiled \\
+    ssd-tiling-report --run untiled=runs/tiling/untiled --run tiled=runs/tiling/tiled \\
         --output-dir docs/results/tiling
 
-Each run folder holds `config.yaml` and `last.pt` (tools/train.py); a tiled run (its config has
+Each run folder holds `config.yaml` and `last.pt` (ssd-train); a tiled run (its config has
 `input.tiling.enabled: true`) is evaluated and timed tiled. Exit status 0 ok, 2 usage/config/data.
 """
 
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tools.common import USAGE_ERRORS, fail, print_json, setup_logging
+from ssd.cli.common import USAGE_ERRORS, fail, print_json, setup_logging
 
 if TYPE_CHECKING:
     from ssd.engine.tiling_report import RunReport

@@ -1,6 +1,6 @@
 """Export SSD512 to ONNX and check it against onnxruntime.
 
-`tools/export.py --checkpoint CKPT --onnx OUT.onnx [--with-nms] [--config CFG]`
+`ssd-export --checkpoint CKPT --onnx OUT.onnx [--with-nms] [--config CFG]`
 
 Without --with-nms: the network, input `images` float [B, 3, S, S] (resized, normalised), outputs
 `cls_logits` [B, P, C] and `box_deltas` [B, P, 4]; B is dynamic. With --with-nms: batch fixed at 1,
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tools.common import USAGE_ERRORS, add_config_args, fail, print_json, setup_logging
+from ssd.cli.common import USAGE_ERRORS, add_config_args, fail, print_json, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -181,7 +181,11 @@ def evaluate_checkpoint_cli(args: argparse.Namespace) -> int:
         model.to(device)
         total = len(build_records(cfg, split))
         with tqdm(total=total, desc=f"evaluate {split}", file=sys.stderr, disable=args.quiet) as bar:
-            detections = predict_split(model, cfg, split, device, bar.update)
+
+            def advance(n: int) -> None:
+                bar.update(n)
+
+            detections = predict_split(model, cfg, split, device, advance)
         summary, result = score_with_result(cfg, split, detections)
         speed = None
         if not args.no_speed:

@@ -1,7 +1,7 @@
 """Write the seeded synthetic aluminum-defect dataset (Tianchi layout) to a folder.
 
-    python -m tools.synthesize --out runs/data/synth --num-images 200 --size 2560x1920 --seed 0
-    python -m tools.synthesize --config configs/smoke.yaml          # data.root + data.synthetic_*
+    ssd-synthesize --out runs/data/synth --num-images 200 --size 2560x1920 --seed 0
+    ssd-synthesize --config configs/smoke.yaml          # data.root + data.synthetic_*
 
 Flags override the config's `data.synthetic_*` values (and `--out` its `data.root`).
 """
@@ -15,9 +15,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ssd.cli.common import USAGE_ERRORS, add_config_args, fail, print_json
 from ssd.config import ConfigError, load_config
 from ssd.data.synthetic import generate_dataset
-from tools.common import USAGE_ERRORS, add_config_args, fail, print_json
 
 
 def _parse_size(text: str) -> tuple[int, int]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tools.common import fail, setup_logging
+from ssd.cli.common import fail, setup_logging
 
 
 def _ints(text: str) -> list[int]:

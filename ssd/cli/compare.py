@@ -1,6 +1,6 @@
 """Original vs Chi et al. vs k-means vs coverage vs learned priors on the same data and schedule.
 
-`tools/compare.py --config BASE --variants original,chi,kmeans,coverage,learned --seeds 0,1,2
+`ssd-compare --config BASE --variants original,chi,kmeans,coverage,learned --seeds 0,1,2
 --output-dir DIR` trains every variant with every seed (same seeds, same data order per seed) in
 DIR/<variant>/seed<S>/, evaluates each, and writes DIR/report.json (per variant: map = mean over
 seeds, map_sd, maps, and against the original delta_map with a paired bootstrap 95% interval over
@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tools.common import USAGE_ERRORS, add_config_args, config_from_args, fail, print_json, setup_logging
+from ssd.cli.common import USAGE_ERRORS, add_config_args, config_from_args, fail, print_json, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from tools import compare
+from ssd.cli import compare
 
 
 def main(argv: list[str] | None = None) -> int:
