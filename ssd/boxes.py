@@ -13,22 +13,26 @@ from torchvision.ops import box_convert
 
 def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
     """[..., 4] cxcywh -> [..., 4] xyxy (same space)."""
-    return box_convert(boxes, "cxcywh", "xyxy")
+    out: Tensor = box_convert(boxes, "cxcywh", "xyxy")
+    return out
 
 
 def xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
     """[..., 4] xyxy -> [..., 4] cxcywh (same space)."""
-    return box_convert(boxes, "xyxy", "cxcywh")
+    out: Tensor = box_convert(boxes, "xyxy", "cxcywh")
+    return out
 
 
 def xyxy_to_xywh(boxes: Tensor) -> Tensor:
     """[..., 4] xyxy -> [..., 4] COCO xywh (same space)."""
-    return box_convert(boxes, "xyxy", "xywh")
+    out: Tensor = box_convert(boxes, "xyxy", "xywh")
+    return out
 
 
 def xywh_to_xyxy(boxes: Tensor) -> Tensor:
     """[..., 4] COCO xywh -> [..., 4] xyxy (same space)."""
-    return box_convert(boxes, "xywh", "xyxy")
+    out: Tensor = box_convert(boxes, "xywh", "xyxy")
+    return out
 
 
 def scale_boxes(boxes: Tensor, sx: float | Tensor, sy: float | Tensor) -> Tensor:
@@ -36,7 +40,7 @@ def scale_boxes(boxes: Tensor, sx: float | Tensor, sy: float | Tensor) -> Tensor
     scalars or tensors broadcasting against `boxes[..., 0]` (one scale per box)."""
     tx = torch.as_tensor(sx, dtype=boxes.dtype, device=boxes.device)
     ty = torch.as_tensor(sy, dtype=boxes.dtype, device=boxes.device)
-    tx, ty = torch.broadcast_tensors(tx, ty)
+    tx, ty = tx + torch.zeros_like(ty), ty + torch.zeros_like(tx)  # broadcast to one shape
     return boxes * torch.stack([tx, ty, tx, ty], dim=-1)
 
 

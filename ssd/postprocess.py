@@ -55,9 +55,9 @@ def postprocess(
     out_boxes = relative_to_pixels(cand_boxes[kept], sizes[img[kept], 1], sizes[img[kept], 0])
     results = []
     for bx, sc, lb in zip(
-        out_boxes.split(counts.tolist()),
-        top_scores[kept].split(counts.tolist()),
-        cls[kept].split(counts.tolist()),
+        out_boxes.split_with_sizes(counts.tolist()),
+        top_scores[kept].split_with_sizes(counts.tolist()),
+        cls[kept].split_with_sizes(counts.tolist()),
     ):
         results.append(Detections(bx, sc, lb))
     return results

@@ -1,6 +1,6 @@
 """Dataset checks: every problem of every file, classified, with the file named.
 
-`check_dataset(cfg)` scans the configured dataset (the CLI `tools/check_dataset.py`); the data
+`check_dataset(cfg)` scans the configured dataset (the CLI `ssd-check-dataset`); the data
 pipeline calls `usable_records(cfg, split)` (through `ssd.data.loader.build_records`, with the
 image headers when a loader is built), which refuses a split with fatal problems, or with
 `data.skip_invalid: true` drops the bad samples and logs which, and cleans the rest (boxes
@@ -535,7 +535,7 @@ def usable_records(
             d.root,
             f"the {split} split has {len(fatal)} fatal problem(s) in {len(bad)} of {len(samples)} samples; "
             "fix them, or set data.skip_invalid: true to skip those samples (full report: "
-            f"tools/check_dataset.py --config CFG):\n{summarize(scan.problems)}",
+            f"ssd-check-dataset --config CFG):\n{summarize(scan.problems)}",
             kind=fatal[0].kind,
         )
     records = [clean_record(r, d.box_outside) for r in scan.records if r.image_id not in bad]

@@ -203,3 +203,13 @@ def read_image(path: str | Path) -> Tensor:
             kind="unreadable_image",
         )
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def image_size_from_header(path: Path) -> tuple[int, int]:
+    """(width, height) of an image file as it is read (EXIF orientation applied), from its
+    header only (no decoding; see `probe_image`).
+
+    Raises DatasetError naming the file when it is missing or not a readable image.
+    """
+    info = probe_image(path)
+    return info.width, info.height

@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from ssd.data.image import image_size_from_header
 from ssd.data.records import (
     IMAGE_EXTENSIONS,
     DatasetError,
     Record,
-    image_size_from_header,
     in_coordinate_range,
 )
 from ssd.data.voc import read_split_file

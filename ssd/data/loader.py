@@ -228,7 +228,7 @@ class DetectionDataset(Dataset[Sample | LoadFailure]):
             return sample
         raise DatasetError(
             self.records[index].image_path,
-            f"this sample and the {tries - 1} after it are all unusable; run tools/check_dataset.py --decode",
+            f"this sample and the {tries - 1} after it are all unusable; run ssd-check-dataset --decode",
             kind="unreadable_image",
             image_id=self.records[index].image_id,
         )

@@ -103,18 +103,6 @@ def in_coordinate_range(*values: float) -> bool:
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def image_size_from_header(path: Path) -> tuple[int, int]:
-    """(width, height) of an image file as it is read (EXIF orientation applied), from its
-    header only (no decoding; see `ssd.data.image.probe_image`).
-
-    Raises DatasetError naming the file when it is missing or not a readable image.
-    """
-    from ssd.data.image import probe_image
-
-    info = probe_image(path)
-    return info.width, info.height
-
-
 def image_folds(records: Sequence[Record], folds: int, seed: int = 0) -> np.ndarray:
     """[N] fold index (0..folds-1) of every record, for fit-on-some-images / score-on-others
     experiments. Stratified by image: records are grouped by their most frequent label (0 for

@@ -672,7 +672,7 @@ class SyntheticSummary:
     version: int = GENERATOR_VERSION
 
     def to_dict(self) -> dict[str, object]:
-        """The JSON form (`synthetic.json`, `tools/synthesize.py --json`)."""
+        """The JSON form (`synthetic.json`, `ssd-synthesize --json`)."""
         return {
             "generator": self.generator,
             "version": self.version,

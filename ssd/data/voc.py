@@ -29,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ssd.data.image import image_size_from_header
 from ssd.data.records import (
     IMAGE_EXTENSIONS,
     DatasetError,
     Record,
-    image_size_from_header,
     in_coordinate_range,
 )
 

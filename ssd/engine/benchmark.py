@@ -37,9 +37,9 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ssd.engine.torchvision_baseline import torchvision_default_boxes
-from ssd.inference.backends import TensorOutputs
 from ssd.inference.detector import preprocess
 from ssd.inference.settings import InferenceSettings
+from ssd.modeling.ssd import TensorOutputs
 from ssd.structures import Detections, HeadOutputs
 
 log = logging.getLogger(__name__)

@@ -134,7 +134,7 @@ class DistContext:
                 raise ConfigError(
                     f"train.sync_bn: SyncBatchNorm needs CUDA devices, training runs on {self.device}"
                 )
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids)
 

@@ -185,7 +185,7 @@ def _check_labels(labels: Tensor, num_classes: int, what: str, index: int) -> No
     if labels.numel() and (int(labels.min()) < 1 or int(labels.max()) > num_classes - 1):
         raise ValueError(
             f"{what} of image {index}: labels must lie in 1..{num_classes - 1} "
-            f"(0 is background), got {labels.unique().tolist()}"
+            f"(0 is background), got {sorted(set(labels.tolist()))}"
         )
 
 

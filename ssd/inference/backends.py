@@ -52,19 +52,6 @@ def backend_available(name: str) -> bool:
     return module is None or importlib.util.find_spec(module) is not None
 
 
-class TensorOutputs(nn.Module):
-    """`forward(images [B, 3, S, S]) -> (cls_logits [B, P, C], box_deltas [B, P, 4])`: the
-    network with plain tensor outputs (for torch.compile, tracing and ONNX export)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        out = self.model(images)
-        return out.cls_logits, out.box_deltas
-
-
 class EagerNetwork:
     """The PyTorch module itself (`model(images) -> HeadOutputs`), optionally channels_last and
     under autocast ("bf16" / "fp16"); outputs are returned as float32."""

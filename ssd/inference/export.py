@@ -29,9 +29,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
-from ssd.inference.backends import TensorOutputs
 from ssd.inference.settings import InferenceSettings
-from ssd.modeling.ssd import SSD
+from ssd.modeling.ssd import SSD, TensorOutputs
 from ssd.priors.coder import decode
 
 log = logging.getLogger(__name__)

@@ -29,3 +29,16 @@ class SSD(nn.Module):
     def forward(self, images: Tensor) -> HeadOutputs:
         out: HeadOutputs = self.head(self.backbone(images))
         return out
+
+
+class TensorOutputs(nn.Module):
+    """`forward(images [B, 3, S, S]) -> (cls_logits [B, P, C], box_deltas [B, P, 4])`: the
+    network with plain tensor outputs (for torch.compile, tracing and ONNX export)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.model(images)
+        return out.cls_logits, out.box_deltas
