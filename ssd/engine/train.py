@@ -265,7 +265,10 @@ def train(
 
     dev = resolve_device(device)
     out = Path(output_dir)
-    if int(os.environ.get("RANK", "0")) == 0:
+    # the main process alone looks at the folder (under torchrun, or in a process group that the
+    # caller initialised); the others would find the files it writes meanwhile
+    initialised = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if (torch.distributed.get_rank() if initialised else int(os.environ.get("RANK", "0"))) == 0:
         check_run_folder(out, resume, overwrite)
     ctx = setup_distributed(dev)
     try:
