@@ -652,6 +652,7 @@ def coverage_priors(
     jitter_scale: float = JITTER_SCALE,
     subgrids: Subgrids = SUBGRIDS,
     subgrid_max_ratio: float = 2.0,
+    checkerboards: bool = False,
 ) -> tuple[list[list[Entry]], dict[str, Any]]:
     """Coverage-optimised priors (ours): per level shape-form entries (input pixels: (w, h), or
     (w, h, dx, dy) for a shape at a sub-cell offset) plus a description.
@@ -717,7 +718,7 @@ def coverage_priors(
         subgrids=subgrids,
         subgrid_max_ratio=subgrid_max_ratio,
         max_copies=max_shapes_per_level,
-        checkerboards=bool(subgrids),
+        checkerboards=checkerboards and bool(subgrids),
     )
     log.info(
         "coverage: %d sample boxes, %d candidate (level, shape) pairs", sample.num_boxes, cands.level.size
@@ -899,10 +900,13 @@ def optimize_coverage(
     jitter: int = JITTER_COPIES,
     jitter_px: float | None = None,
     min_gain: float = MIN_GAIN,
+    checkerboards: bool = False,
 ) -> OptimizeResult:
     """Our coverage optimizer (`coverage_priors`) fitted to `boxes` within `max_priors` (default:
     the base's number of priors), as a shape-form config. `subgrids`: the sub-grids a shape may
-    be put on ("auto" = powers of two, () = cell centres only)."""
+    be put on ("auto" = powers of two, () = cell centres only); `checkerboards` (with sub-grids
+    only): each sub-grid also as its checkerboard (`checker_offsets`), twice the copies for a
+    lattice that reaches IoU 0.5 like the sub-grid refined twice in both directions."""
     _check_space(boxes, base)
     base_grid = PriorGrid.from_config(base)
     budget = base_grid.num_priors if max_priors is None else int(max_priors)
@@ -924,6 +928,7 @@ def optimize_coverage(
         jitter=jitter,
         jitter_px=jitter_px,
         min_gain=min_gain,
+        checkerboards=checkerboards,
     )
     res = _result(base, levels, info)
     if res.grid.num_priors > budget:  # pragma: no cover - greedy invariant

@@ -463,13 +463,16 @@ def test_checkerboard_reaches_spots_at_half_the_price_of_a_2x2_sub_grid() -> Non
     train, val = spots(300, seed=1), spots(300, seed=2)
     budget = 2 * 64 + 16 + 4 + 1
     opts = {"method": "coverage", "max_priors": budget, "sample_size": 1200}
-    auto = optimize_priors(train, SMALL, subgrids="auto", **opts)
+    auto = optimize_priors(train, SMALL, subgrids="auto", checkerboards=True, **opts)
     assert auto.grid.num_priors <= budget
     assert fit_report(auto.grid, val, ["spot"])["recall"] >= 0.97  # measured: 0.997
     finest = auto.priors.shapes[0]
     assert [e[2:] for e in finest] == [(-0.25, -0.25), (0.25, 0.25)]
     assert any(c["checkerboard"] for c in auto.info["chosen"])
-    again = optimize_priors(train, SMALL, subgrids="auto", **opts)
+    again = optimize_priors(train, SMALL, subgrids="auto", checkerboards=True, **opts)
     assert again.priors.shapes == auto.priors.shapes  # deterministic for a seed
-    plain = optimize_priors(train, SMALL, subgrids=(), **opts)
+    square = optimize_priors(train, SMALL, subgrids="auto", **opts)  # off by default
+    assert not any(c["checkerboard"] for c in square.info["chosen"])
+    assert fit_report(square.grid, val, ["spot"])["recall"] < 0.93  # measured: 0.887
+    plain = optimize_priors(train, SMALL, subgrids=(), checkerboards=True, **opts)
     assert not any(c["checkerboard"] for c in plain.info["chosen"])  # only with sub-grids
