@@ -507,24 +507,30 @@ class _Candidates:
     shape: np.ndarray  # [C, 2] input pixels
     iou: np.ndarray  # [C, N] float32: best IoU of each sample box over the candidate's priors
     grid: np.ndarray | None = None  # [C, 2] sub-grid (nx, ny); None = all (1, 1)
+    checker: np.ndarray | None = None  # [C] bool: on the checkerboard of its sub-grid; None = none
 
     def __post_init__(self) -> None:
         if self.grid is None:
             self.grid = np.ones((self.level.shape[0], 2), np.int64)
+        if self.checker is None:
+            self.checker = np.zeros(self.level.shape[0], bool)
 
     @property
     def count(self) -> np.ndarray:
-        """[C] shapes (priors per cell) each candidate adds to its level: nx * ny."""
-        assert self.grid is not None
-        out: np.ndarray = self.grid[:, 0] * self.grid[:, 1]
+        """[C] shapes (priors per cell) each candidate adds to its level: nx * ny, twice that
+        on a checkerboard."""
+        assert self.grid is not None and self.checker is not None
+        out: np.ndarray = self.grid[:, 0] * self.grid[:, 1] * np.where(self.checker, 2, 1)
         return out
 
     def entries(self, c: int) -> list[Entry]:
-        """The shape-form entries of candidate `c`: its shape at each offset of its sub-grid."""
-        assert self.grid is not None
+        """The shape-form entries of candidate `c`: its shape at each offset of its sub-grid
+        (`checker_offsets` on a checkerboard)."""
+        assert self.grid is not None and self.checker is not None
         w, h = (float(v) for v in self.shape[c])
         nx, ny = (int(v) for v in self.grid[c])
-        return [shape_entry((w, h), off) for off in subgrid_offsets(nx, ny)]
+        offsets = checker_offsets(nx, ny) if self.checker[c] else subgrid_offsets(nx, ny)
+        return [shape_entry((w, h), off) for off in offsets]
 
 
 def _subgrid_iou(
@@ -550,6 +556,7 @@ def _build_candidates(
     subgrids: Subgrids = (),
     subgrid_max_ratio: float = 2.0,
     max_copies: int = MAX_SHAPES_PER_LEVEL,
+    checkerboards: bool = False,
 ) -> _Candidates:
     """Every (level, shape variant) as a candidate, plus each variant on the `subgrids` of its
     level ("auto": `auto_subgrids` with half the finest step and `max_copies`; above the finest
@@ -560,7 +567,7 @@ def _build_candidates(
     (a longer side already reaches IoU 0.5 from the coarser lattice: no need to pay for more).
     Candidates that no sample box reaches at the threshold and that add next to no IoU are
     dropped; every level keeps at least its best single-shape candidate."""
-    levels, cand_shapes, rows, grids = [], [], [], []
+    levels, cand_shapes, rows, grids, checkers = [], [], [], [], []
     fixed = [] if subgrids == "auto" else [(int(nx), int(ny)) for nx, ny in subgrids if (nx, ny) != (1, 1)]
     min_step = float(min(steps)) / 2.0
     for level, (f, step) in enumerate(zip(feature_maps, steps)):
@@ -571,15 +578,18 @@ def _build_candidates(
         else:
             patterns = [(1, 1), *fixed]
         var = _level_variants(shapes, float(step), image_size)
-        kept_iou, kept_shape, kept_grid = [], [], []
+        kept_iou, kept_shape, kept_grid, kept_checker = [], [], [], []
         best_score, best_row, best_shape = -1.0, None, None
-        for nx, ny in patterns:
+        for nx, ny, checker in _with_checkerboards(patterns, checkerboards, max_copies):
             ok = np.ones(var.shape[0], bool)
             if nx > 1:
                 ok &= var[:, 0] < subgrid_max_ratio * float(step) * 2.0 / nx
             if ny > 1:
                 ok &= var[:, 1] < subgrid_max_ratio * float(step) * 2.0 / ny
-            if subgrids == "auto" and level > 0 and nx * ny > 1:
+            if checker:  # both axes refined by about sqrt(2) beyond the sub-grid
+                ok &= var[:, 0] < subgrid_max_ratio * float(step) * math.sqrt(2.0) / nx
+                ok &= var[:, 1] < subgrid_max_ratio * float(step) * math.sqrt(2.0) / ny
+            if subgrids == "auto" and level > 0 and (nx * ny > 1 or checker):
                 # above the finest level only shapes at the level's scale along their long side
                 # (bands, streaks): a small blob on many rows of a coarse map is the finest
                 # level's job, from features of its resolution
@@ -587,30 +597,42 @@ def _build_candidates(
             eligible = var[ok]
             for start in range(0, eligible.shape[0], chunk):
                 part = eligible[start : start + chunk]
-                iou = _subgrid_iou(boxes_px, part, int(f), float(step), nx, ny)  # [c, N]
+                if checker:
+                    iou = _checker_iou(boxes_px, part, int(f), float(step), nx, ny)
+                else:
+                    iou = _subgrid_iou(boxes_px, part, int(f), float(step), nx, ny)  # [c, N]
                 # drop what cannot matter: no box reaches the threshold and the IoU gain is negligible
                 useful = ((iou >= threshold).any(axis=1)) | (iou_weight * iou.mean(axis=1) > 1e-3)
                 kept_iou.append(iou[useful])
                 kept_shape.append(part[useful])
                 kept_grid.append(np.tile(np.array([[nx, ny]], np.int64), (int(useful.sum()), 1)))
-                if (nx, ny) == (1, 1):
+                kept_checker.append(np.full(int(useful.sum()), checker))
+                if (nx, ny) == (1, 1) and not checker:
                     score = (iou >= threshold).mean(axis=1) + iou_weight * iou.mean(axis=1)
                     j = int(np.argmax(score))
                     if score[j] > best_score:
                         best_score, best_row, best_shape = float(score[j]), iou[j : j + 1], part[j : j + 1]
-        if not any(g.shape[0] and (g == 1).all(axis=1).any() for g in kept_grid):
+        if not any(
+            g.shape[0] and ((g == 1).all(axis=1) & ~k).any() for g, k in zip(kept_grid, kept_checker)
+        ):
             # every level needs a head, hence a single-shape candidate: keep its best one
             assert best_row is not None and best_shape is not None
             kept_iou.append(best_row)
             kept_shape.append(best_shape)
             kept_grid.append(np.ones((1, 2), np.int64))
+            kept_checker.append(np.zeros(1, bool))
         block = np.concatenate(kept_iou)
         rows.append(block)
         cand_shapes.append(np.concatenate(kept_shape))
         grids.append(np.concatenate(kept_grid))
+        checkers.append(np.concatenate(kept_checker))
         levels.append(np.full(block.shape[0], level, np.int64))
     return _Candidates(
-        np.concatenate(levels), np.concatenate(cand_shapes), np.concatenate(rows), np.concatenate(grids)
+        np.concatenate(levels),
+        np.concatenate(cand_shapes),
+        np.concatenate(rows),
+        np.concatenate(grids),
+        np.concatenate(checkers),
     )
 
 
@@ -676,6 +698,7 @@ def _greedy(
                 "level": lvl,
                 "shape": [float(x) for x in cands.shape[c]],
                 "subgrid": [int(v) for v in cands.grid[c]],
+                "checkerboard": bool(cands.checker is not None and cands.checker[c]),
                 "gain": g,
                 "priors": int(cost[c]),
             }
@@ -736,6 +759,7 @@ def coverage_priors(
     jitter_scale: float = JITTER_SCALE,
     subgrids: Subgrids = SUBGRIDS,
     subgrid_max_ratio: float = 2.0,
+    checkerboards: bool = False,
 ) -> tuple[list[list[Entry]], dict[str, Any]]:
     """Coverage-optimised priors (ours): per level shape-form entries (input pixels: (w, h), or
     (w, h, dx, dy) for a shape at a sub-cell offset) plus a description.
@@ -801,6 +825,7 @@ def coverage_priors(
         subgrids=subgrids,
         subgrid_max_ratio=subgrid_max_ratio,
         max_copies=max_shapes_per_level,
+        checkerboards=checkerboards and bool(subgrids),
     )
     log.info(
         "coverage: %d sample boxes, %d candidate (level, shape) pairs", sample.num_boxes, cands.level.size
@@ -923,6 +948,42 @@ def optimize_kmeans(
     return res
 
 
+def checker_offsets(nx: int, ny: int) -> list[Offset]:
+    """The 2 nx ny centre offsets (dx, dy), units of the step, of the checkerboard of the
+    (nx, ny) sub-grid: each `subgrid_offsets` point split into two, a quarter of the sub-step
+    before and after it along the diagonal. The priors of one shape at these offsets are a
+    centred lattice of sub-step (step / nx, step / ny): a point in every sub-cell corner pair
+    and one in between, i.e. the sub-grid turned by 45 degrees."""
+    qx, qy = 0.25 / nx, 0.25 / ny
+    return [(dx + sx * qx, dy + sx * qy) for dx, dy in subgrid_offsets(nx, ny) for sx in (-1.0, 1.0)]
+
+
+def _checker_iou(
+    boxes_px: np.ndarray, shapes: np.ndarray, f: int, step: float, nx: int, ny: int
+) -> np.ndarray:
+    """`_subgrid_iou` for the checkerboard of the (nx, ny) sub-grid (`checker_offsets`): the
+    better of its two interleaved lattices, each of step (step / nx, step / ny)."""
+    out = None
+    for sign in (-0.25, 0.25):
+        off = np.full(np.asarray(shapes).reshape(-1, 2).shape, sign)
+        iou = lattice_best_iou_xy(boxes_px, shapes, (nx * f, step / nx), (ny * f, step / ny), off)
+        out = iou if out is None else np.maximum(out, iou)
+    assert out is not None
+    res: np.ndarray = out.T.astype(np.float32)
+    return res
+
+
+def _with_checkerboards(
+    patterns: Sequence[tuple[int, int]], checkerboards: bool, max_copies: int
+) -> list[tuple[int, int, bool]]:
+    """The sub-grid `patterns` as (nx, ny, checker) and, with `checkerboards`, each also on its
+    checkerboard where twice its copies fit `max_copies`."""
+    out = [(nx, ny, False) for nx, ny in patterns]
+    if checkerboards:
+        out += [(nx, ny, True) for nx, ny in patterns if 2 * nx * ny <= max_copies]
+    return out
+
+
 def optimize_coverage(
     boxes: BoxSet,
     base: PriorsConfig,
@@ -939,10 +1000,13 @@ def optimize_coverage(
     jitter: int = JITTER_COPIES,
     jitter_px: float | None = None,
     min_gain: float = MIN_GAIN,
+    checkerboards: bool = False,
 ) -> OptimizeResult:
     """Our coverage optimizer (`coverage_priors`) fitted to `boxes` within `max_priors` (default:
     the base's number of priors), as a shape-form config. `subgrids`: the sub-grids a shape may
-    be put on ("auto" = powers of two, () = cell centres only)."""
+    be put on ("auto" = powers of two, () = cell centres only); `checkerboards` (with sub-grids
+    only): each sub-grid also as its checkerboard (`checker_offsets`), twice the copies for a
+    lattice that reaches IoU 0.5 like the sub-grid refined twice in both directions."""
     _check_space(boxes, base)
     base_grid = PriorSet.from_config(base)
     budget = base_grid.num_priors if max_priors is None else int(max_priors)
@@ -964,6 +1028,7 @@ def optimize_coverage(
         jitter=jitter,
         jitter_px=jitter_px,
         min_gain=min_gain,
+        checkerboards=checkerboards,
     )
     res = _result(base, levels, info)
     if res.grid.num_priors > budget:  # pragma: no cover - greedy invariant
