@@ -23,6 +23,20 @@ def add_config_args(parser: argparse.ArgumentParser, required: bool = False) -> 
     )  # fmt: skip
 
 
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """--config/--set and the --checkpoint whose model they describe (for `load_model`)."""
+    add_config_args(parser)
+    parser.add_argument(
+        "--checkpoint", help="checkpoint (its stored config is used unless --config is given)"
+    )
+
+
+def add_output_args(parser: argparse.ArgumentParser, output_help: str, json_help: str) -> None:
+    """--output-dir (files written there: `output_help`) and --json (`json_help`)."""
+    parser.add_argument("--output-dir", help=output_help)
+    parser.add_argument("--json", action="store_true", help=json_help)
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     return load_config(args.config, args.overrides)
 
