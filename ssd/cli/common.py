@@ -15,11 +15,18 @@ from ssd.inference.checkpoint import CheckpointError
 USAGE_ERRORS = (ConfigError, DatasetError, CheckpointError, FileNotFoundError)
 
 
-def add_config_args(parser: argparse.ArgumentParser, required: bool = False) -> None:
-    parser.add_argument("--config", required=required, help="YAML config (differences from defaults)")
+def add_config_args(
+    parser: argparse.ArgumentParser,
+    required: bool = False,
+    *,
+    config_help: str = "YAML config (differences from defaults)",
+    example: str = "train.lr=0.01",
+) -> None:
+    """--config and the repeatable --set KEY=VALUE (into `args.overrides`)."""
+    parser.add_argument("--config", required=required, help=config_help)
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config value, e.g. --set train.lr=0.01 (repeatable)",
+        help=f"override a config value, e.g. --set {example} (repeatable)",
     )  # fmt: skip
 
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from ssd.cli.common import add_config_args
 from ssd.config import Config, ConfigError, load_config
 from ssd.data.check import ANNOTATION_FORMATS
 from ssd.data.records import DatasetError, Record
@@ -52,14 +53,10 @@ class UsageError(ValueError):
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML config (priors, classes, input size and the data section)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set data.root=/data/tianchi (repeatable)",
+    add_config_args(
+        p,
+        config_help="YAML config (priors, classes, input size and the data section)",
+        example="data.root=/data/tianchi",
     )
     p.add_argument("--annotations", type=Path, help="dataset root (voc, labelme) or COCO json")
     p.add_argument("--format", choices=FORMATS, help="annotation format (default: the config's)")
