@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ssd.cli.common import USAGE_ERRORS, add_config_args, fail, print_json, setup_logging
+from ssd.cli.common import USAGE_ERRORS, add_model_args, add_output_args, fail, print_json, setup_logging
 
 SWEEP_BATCH_SIZES = "1,8,32,64"
 SWEEP_PRECISIONS = "fp32,bf16,fp16"
@@ -99,10 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    add_config_args(parser)
-    parser.add_argument(
-        "--checkpoint", help="checkpoint (its stored config is used unless --config is given)"
-    )
+    add_model_args(parser)
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument(
@@ -148,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         help="also time sliced inference (input.tiling of the config) beside the untiled pipeline "
         "on the same --orig-size images: images/s of full photos and tiles/s",
     )  # fmt: skip
-    parser.add_argument("--output-dir", help="write benchmark.json and benchmark.md here")
-    parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    add_output_args(parser, "write benchmark.json and benchmark.md here", "print a JSON summary on stdout")
     args = parser.parse_args(argv)
     setup_logging()
 

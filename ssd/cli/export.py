@@ -17,17 +17,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ssd.cli.common import USAGE_ERRORS, add_config_args, fail, print_json, setup_logging
+from ssd.cli.common import USAGE_ERRORS, add_model_args, add_output_args, fail, print_json, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    add_config_args(parser)
-    parser.add_argument(
-        "--checkpoint", help="checkpoint (its stored config is used unless --config is given)"
-    )
+    add_model_args(parser)
     parser.add_argument("--onnx", required=True, help="output .onnx file")
     parser.add_argument(
         "--with-nms", action="store_true", help="include decode + score filter + NMS (batch 1)"
@@ -44,8 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         help="device of the PyTorch reference in the onnxruntime check: auto, cpu, cuda, cuda:N (the "
         "graph is traced on the CPU)",
     )  # fmt: skip
-    parser.add_argument("--output-dir", help="also write export_report.json here")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    add_output_args(parser, "also write export_report.json here", "print the report as JSON on stdout")
     args = parser.parse_args(argv)
     setup_logging()
 

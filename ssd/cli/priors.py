@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from ssd.cli.common import add_config_args
 from ssd.config import Config, ConfigError, load_config
 from ssd.data.check import ANNOTATION_FORMATS
 from ssd.data.records import DatasetError, Record
@@ -52,14 +53,10 @@ class UsageError(ValueError):
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML config (priors, classes, input size and the data section)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set data.root=/data/tianchi (repeatable)",
+    add_config_args(
+        p,
+        config_help="YAML config (priors, classes, input size and the data section)",
+        example="data.root=/data/tianchi",
     )
     p.add_argument("--annotations", type=Path, help="dataset root (voc, labelme) or COCO json")
     p.add_argument("--format", choices=FORMATS, help="annotation format (default: the config's)")
@@ -300,6 +297,25 @@ def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, default=float) + "\n", encoding="utf-8")
 
 
+def _write_fit_outputs(
+    out: Path,
+    name: str,
+    summary: dict[str, Any],
+    markdown: str,
+    boxes: Any,
+    shapes: dict[str, Any],
+    reports: dict[str, Any],
+) -> None:
+    """`name`.json (`summary`), `name`.md, shapes.png (`shapes` over the density of `boxes`) and
+    recall.png (per class and size of `reports`) in `out`."""
+    from ssd.priors.plots import plot_class_recall, plot_shape_density
+
+    _write_json(out / f"{name}.json", summary)
+    (out / f"{name}.md").write_text(markdown, encoding="utf-8")
+    plot_shape_density(boxes.wh_px, shapes, out / "shapes.png", image_size=boxes.image_size)
+    plot_class_recall(reports, out / "recall.png")
+
+
 def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=float))
 
@@ -318,7 +334,6 @@ def _name(path: str | None) -> str:
 def cmd_fit(args: argparse.Namespace) -> int:
     from ssd.priors.fit import FitReport, fit_report, fit_table_markdown
     from ssd.priors.generator import PriorSet
-    from ssd.priors.plots import plot_class_recall, plot_shape_density
 
     cfg = _load_cfg(args.config, args.overrides)
     boxes = _boxes(cfg, args, "val")
@@ -361,18 +376,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
             "small_after_warp": tiled_small_recall(cfg, args, boxes, grids, thr, args.shifts),
         }
     if args.output_dir is not None:
-        out = args.output_dir
-        _write_json(out / "fit.json", summary)
-        (out / "fit.md").write_text(
-            f"# Prior fit\n\nBoxes: {source} ({boxes.num_boxes} ground truths)\n\n" + table, encoding="utf-8"
-        )
-        plot_shape_density(
-            boxes.wh_px,
-            {n: g.shapes for n, g in grids.items()},
-            out / "shapes.png",
-            image_size=boxes.image_size,
-        )
-        plot_class_recall(reports, out / "recall.png")
+        markdown = f"# Prior fit\n\nBoxes: {source} ({boxes.num_boxes} ground truths)\n\n" + table
+        shapes = {n: g.shapes for n, g in grids.items()}
+        _write_fit_outputs(args.output_dir, "fit", summary, markdown, boxes, shapes, reports)
     if args.json:
         _print_json(summary)
     else:
@@ -517,7 +523,6 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     from ssd.priors.fit import fit_report, fit_table_markdown
     from ssd.priors.generator import PriorSet
     from ssd.priors.optimize import optimize_priors
-    from ssd.priors.plots import plot_class_recall, plot_shape_density
     from ssd.priors.writer import write_priors_config
 
     if args.config is None:
@@ -577,20 +582,12 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         "info": res.info.to_dict(),
     }
     if args.output_dir is not None:
-        d = args.output_dir
-        _write_json(d / "optimize.json", summary)
-        (d / "optimize.md").write_text(
+        markdown = (
             f"# Priors: {args.method}\n\nFitted on {source} "
-            f"({boxes.num_boxes} boxes); written to {out}\n\n" + fit_table_markdown(reports),
-            encoding="utf-8",
+            f"({boxes.num_boxes} boxes); written to {out}\n\n" + fit_table_markdown(reports)
         )
-        plot_shape_density(
-            boxes.wh_px,
-            {"base": base_grid.shapes, args.method: new_grid.shapes},
-            d / "shapes.png",
-            image_size=boxes.image_size,
-        )
-        plot_class_recall(reports, d / "recall.png")
+        shapes = {"base": base_grid.shapes, args.method: new_grid.shapes}
+        _write_fit_outputs(args.output_dir, "optimize", summary, markdown, boxes, shapes, reports)
     if args.json:
         _print_json(summary)
     else:

@@ -10,7 +10,6 @@ the only way COCO excludes a box from both true positives and the recall denomin
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,14 @@ import numpy as np
 import torch
 
 from ssd.boxes import xywh_to_xyxy, xyxy_to_xywh
-from ssd.data.records import DatasetError, Record, in_coordinate_range
+from ssd.data.records import (
+    DatasetError,
+    Record,
+    finite_number,
+    in_coordinate_range,
+    report_problem,
+    short_repr,
+)
 
 
 def _load_json(path: Path) -> Any:
@@ -42,29 +48,8 @@ def _field(obj: Any, key: str, kind: type | tuple[type, ...], path: Path, where:
         raise DatasetError(path, f"{where}: field '{key}' is missing")
     value = obj[key]
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise DatasetError(path, f"{where}.{key}: unexpected value {_short(value)}")
+        raise DatasetError(path, f"{where}.{key}: unexpected value {short_repr(value)}")
     return value
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _finite(v: Any) -> bool:
-    """A real number (not bool) that is finite as a float."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return False
-    try:
-        return math.isfinite(v)
-    except OverflowError:  # an int beyond the float range
-        return False
-
-
-def _report(problems: list[DatasetError] | None, error: DatasetError) -> None:
-    if problems is None:
-        raise error
-    problems.append(error)
 
 
 def read_coco_records(
@@ -99,7 +84,7 @@ def read_coco_records(
             cid = _field(cat, "id", int, path, f"categories[{k}]")
             cat_names[cid] = str(_field(cat, "name", str, path, f"categories[{k}]"))
         except DatasetError as exc:
-            _report(problems, exc)
+            report_problem(problems, exc)
     images: list[tuple[int, str, int, int]] = []
     seen: set[int] = set()
     bad_ids: set[int] = set()  # image ids whose entry is unusable (collecting mode)
@@ -118,7 +103,7 @@ def read_coco_records(
                 raise DatasetError(path, f"{where}: size {width}x{height} is not positive")
         except DatasetError as exc:
             exc.image_id = iid_str
-            _report(problems, exc)
+            report_problem(problems, exc)
             if iid_str is not None:
                 bad_ids.add(int(iid_str))
             continue
@@ -141,13 +126,13 @@ def read_coco_records(
         except DatasetError as exc:
             if isinstance(raw_iid, int) and not isinstance(raw_iid, bool) and raw_iid in per_image:
                 exc.image_id = str(raw_iid)
-            _report(problems, exc)
+            report_problem(problems, exc)
     records = []
     root = Path(image_root)
     for iid, file_name, width, height in images:
         image_path = root / file_name
         if check_images and not image_path.is_file():
-            _report(
+            report_problem(
                 problems,
                 DatasetError(
                     path, f"image {image_path} (id {iid}) not found", kind="missing_image", image_id=str(iid)
@@ -186,12 +171,12 @@ def _annotation(
         )
     bbox = _field(ann, "bbox", list, path, where)
     if len(bbox) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox):
-        raise DatasetError(path, f"{where}.bbox: expected 4 numbers, got {_short(bbox)}")
-    if not all(_finite(v) for v in bbox):
-        raise DatasetError(path, f"{where}.bbox: not finite: {_short(bbox)}")
+        raise DatasetError(path, f"{where}.bbox: expected 4 numbers, got {short_repr(bbox)}")
+    if not all(finite_number(v) for v in bbox):
+        raise DatasetError(path, f"{where}.bbox: not finite: {short_repr(bbox)}")
     x, y, w, h = (float(v) for v in bbox)
     if not in_coordinate_range(x, y, x + w, y + h):
-        raise DatasetError(path, f"{where}.bbox: coordinates out of range: {_short(bbox)}")
+        raise DatasetError(path, f"{where}.bbox: coordinates out of range: {short_repr(bbox)}")
     return [x, y, w, h], class_to_label[name], bool(ann.get("iscrowd", 0))
 
 
@@ -209,6 +194,25 @@ def coco_image_ids(records: Sequence[Record]) -> list[int]:
     return list(range(1, len(records) + 1))
 
 
+def coco_annotations(
+    image_id: Any, boxes_xyxy: torch.Tensor, labels: Sequence[int], crowd: Sequence[bool], first_id: int
+) -> list[dict[str, Any]]:
+    """COCO `annotations` entries of one image: `boxes_xyxy` [N, 4] pixels (converted in float64
+    to xywh, `area` = w * h), category id = label, `iscrowd` from `crowd`, ids from `first_id` on."""
+    xywh = xyxy_to_xywh(boxes_xyxy.to(torch.float64).reshape(-1, 4)).tolist()
+    return [
+        {
+            "id": first_id + k,
+            "image_id": image_id,
+            "category_id": int(label),
+            "bbox": [float(v) for v in box],
+            "area": float(box[2] * box[3]),
+            "iscrowd": int(bool(c)),
+        }
+        for k, (box, label, c) in enumerate(zip(xywh, labels, crowd, strict=True))
+    ]
+
+
 def records_to_coco(records: Sequence[Record], classes: Sequence[str]) -> dict[str, Any]:
     """Records -> a COCO ground-truth dict (`images`, `annotations`, `categories`).
 
@@ -223,19 +227,11 @@ def records_to_coco(records: Sequence[Record], classes: Sequence[str]) -> dict[s
         images.append(
             {"id": iid, "file_name": str(rec.image_path), "width": int(rec.width), "height": int(rec.height)}
         )
-        xywh = xyxy_to_xywh(torch.from_numpy(np.asarray(rec.boxes_px, np.float64)).reshape(-1, 4))
-        for box, label, diff in zip(xywh.tolist(), rec.labels.tolist(), rec.difficult.tolist()):
+        labels = rec.labels.tolist()
+        for label in labels:
             if not 1 <= label <= len(classes):
                 raise ValueError(f"{rec.image_id}: label {label} outside 1..{len(classes)}")
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": iid,
-                    "category_id": int(label),
-                    "bbox": [float(v) for v in box],
-                    "area": float(box[2] * box[3]),
-                    "iscrowd": int(bool(diff)),
-                }
-            )
+        boxes = torch.from_numpy(np.asarray(rec.boxes_px, np.float64))
+        annotations += coco_annotations(iid, boxes, labels, rec.difficult.tolist(), len(annotations) + 1)
     categories = [{"id": i + 1, "name": name, "supercategory": "none"} for i, name in enumerate(classes)]
     return {"images": images, "annotations": annotations, "categories": categories}

@@ -28,7 +28,10 @@ from ssd.data.records import (
     IMAGE_EXTENSIONS,
     DatasetError,
     Record,
+    finite_number,
     in_coordinate_range,
+    report_problem,
+    short_repr,
 )
 from ssd.data.voc import read_split_file
 
@@ -77,32 +80,20 @@ def _load_labelme_json(path: Path, image_id: str | None = None) -> dict[str, Any
     return data
 
 
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _finite(v: float) -> bool:
-    try:
-        return math.isfinite(v)
-    except OverflowError:  # an int beyond the float range
-        return False
 
 
 def _points(shape: dict[str, Any], path: Path, where: str) -> np.ndarray:
     pts = shape.get("points")
     if not isinstance(pts, list) or len(pts) < 2:
-        raise DatasetError(path, f"{where}.points: expected at least 2 [x, y] points, got {_short(pts)}")
+        raise DatasetError(path, f"{where}.points: expected at least 2 [x, y] points, got {short_repr(pts)}")
     out = []
     for p in pts:
         if not isinstance(p, (list, tuple)) or len(p) != 2 or not all(_is_number(v) for v in p):
-            raise DatasetError(path, f"{where}.points: {_short(p)} is not an [x, y] pair of numbers")
-        if not all(_finite(v) for v in p):
-            raise DatasetError(path, f"{where}.points: {_short(p)} is not finite")
+            raise DatasetError(path, f"{where}.points: {short_repr(p)} is not an [x, y] pair of numbers")
+        if not all(finite_number(v) for v in p):
+            raise DatasetError(path, f"{where}.points: {short_repr(p)} is not finite")
         out.append((float(p[0]), float(p[1])))
     return np.asarray(out, np.float64)
 
@@ -131,17 +122,11 @@ def _size(data: dict[str, Any], path: Path, image_path: Path) -> tuple[int, int]
             raise DatasetError(
                 path, f"no imageWidth/imageHeight and the image header cannot be read: {exc}", kind=exc.kind
             ) from exc
-    if not all(_is_number(v) and _finite(v) and v > 0 for v in (w, h)):
+    if not all(finite_number(v) and v > 0 for v in (w, h)):
         raise DatasetError(
-            path, f"imageWidth/imageHeight must be positive numbers, got {_short(w)}/{_short(h)}"
+            path, f"imageWidth/imageHeight must be positive numbers, got {short_repr(w)}/{short_repr(h)}"
         )
     return int(w), int(h)
-
-
-def _report(problems: list[DatasetError] | None, error: DatasetError) -> None:
-    if problems is None:
-        raise error
-    problems.append(error)
 
 
 def parse_labelme_json(
@@ -170,7 +155,7 @@ def parse_labelme_json(
             parsed.append(_parse_shape(shape, k, json_path, class_to_label))
         except DatasetError as exc:
             exc.image_id = image_id
-            _report(problems, exc)
+            report_problem(problems, exc)
     return Record.from_parsed(image_path, image_id, width, height, parsed, annotation_path=json_path)
 
 
@@ -180,10 +165,10 @@ def _parse_shape(
     """One `shapes[k]` entry -> (box xyxy pixels, label, difficult); DatasetError if unusable."""
     where = f"shapes[{k}]"
     if not isinstance(shape, dict):
-        raise DatasetError(json_path, f"{where}: expected an object, got {_short(shape)}")
+        raise DatasetError(json_path, f"{where}: expected an object, got {short_repr(shape)}")
     raw = shape.get("label")
     if not isinstance(raw, str) or not raw.strip():
-        raise DatasetError(json_path, f"{where}.label: missing or not a string: {_short(raw)}")
+        raise DatasetError(json_path, f"{where}.label: missing or not a string: {short_repr(raw)}")
     name = TIANCHI_LABELS.get(raw.strip(), raw.strip())
     if name not in class_to_label:
         raise DatasetError(
@@ -254,7 +239,7 @@ def read_labelme_records(
             raise DatasetError(root, "dataset folder not found", kind="layout")
         rel_paths, orphans = _walk(root)
         for orphan in orphans:
-            _report(
+            report_problem(
                 problems,
                 DatasetError(
                     root / orphan, "annotation has no image of the same name beside it", kind="missing_image"
@@ -267,12 +252,13 @@ def read_labelme_records(
             json_path = image_path.with_suffix(".json")
         except ValueError as exc:  # "", ".", "..": not a file name
             source = split_file if split_file is not None else root
-            _report(problems, DatasetError(source, f"{rel!r} is not an image path: {exc}", kind="layout"))
+            error = DatasetError(source, f"{rel!r} is not an image path: {exc}", kind="layout")
+            report_problem(problems, error)
             continue
         image_missing = check_images and not image_path.is_file()
         if image_missing:
             source = split_file if split_file is not None else root
-            _report(
+            report_problem(
                 problems,
                 DatasetError(source, f"image {image_path} not found", kind="missing_image", image_id=rel),
             )
@@ -284,5 +270,5 @@ def read_labelme_records(
         except DatasetError as exc:
             if not (image_missing and exc.kind == "missing_image"):  # reported above already
                 exc.image_id = rel
-                _report(problems, exc)
+                report_problem(problems, exc)
     return records

@@ -6,6 +6,7 @@ on top of them, and the prior toolkit reads records alone (fast: no image is ope
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +98,29 @@ MAX_COORDINATE: float = float(np.finfo(np.float32).max)
 def in_coordinate_range(*values: float) -> bool:
     """True when every value is finite and representable as float32 (see `MAX_COORDINATE`)."""
     return all(abs(v) <= MAX_COORDINATE for v in values)  # False for NaN and inf
+
+
+def finite_number(v: Any) -> bool:
+    """A real number (not bool) that is finite as a float."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int beyond the float range
+        return False
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """`repr(value)`, cut to `limit` characters with "..." (for error messages)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def report_problem(problems: list[DatasetError] | None, error: DatasetError) -> None:
+    """Raise `error`, or append it in collecting mode (`problems` is a list)."""
+    if problems is None:
+        raise error
+    problems.append(error)
 
 
 # Image file suffixes the readers pair with annotations (compared case-insensitively).

@@ -35,6 +35,7 @@ from ssd.data.records import (
     DatasetError,
     Record,
     in_coordinate_range,
+    report_problem,
 )
 
 ANNOTATION_DIRS: tuple[str, ...] = ("Annotations", "ANNOTATIONS", "annotations")
@@ -72,13 +73,6 @@ def _image_index(image_dir: Path) -> dict[str, Path]:
         if ext.lower() in IMAGE_EXTENSIONS and stem not in index:
             index[stem] = image_dir / entry
     return index
-
-
-def _report(problems: list[DatasetError] | None, error: DatasetError) -> None:
-    """Raise `error`, or append it in collecting mode (`problems` is a list)."""
-    if problems is None:
-        raise error
-    problems.append(error)
 
 
 def _number(obj: ET.Element, tag: str, xml_path: Path, where: str, image_id: str | None = None) -> float:
@@ -205,7 +199,7 @@ def parse_voc_xml(
         try:
             parsed.append(_parse_object(obj, k, xml_path, image_id, class_to_label))
         except DatasetError as exc:
-            _report(problems, exc)
+            report_problem(problems, exc)
     return Record.from_parsed(
         image_path, image_id, width, height, parsed, annotation_path=xml_path, depth=_depth(root_el)
     )
@@ -284,7 +278,7 @@ def read_voc_records(
         xml_path = ann_dir / f"{stem}.xml"
         if not xml_path.is_file():
             source = split_file if split_file is not None else ann_dir
-            _report(
+            report_problem(
                 problems,
                 DatasetError(
                     source,
@@ -298,7 +292,7 @@ def read_voc_records(
         if check_images:
             found = images.get(stem)
             if found is None:
-                _report(
+                report_problem(
                     problems,
                     DatasetError(
                         xml_path,
@@ -317,7 +311,7 @@ def read_voc_records(
             records.append(parse_voc_xml(xml_path, image_path, stem, class_to_label, found_here))
         except DatasetError as exc:
             if not (image_missing and exc.kind == "missing_image"):  # reported above already
-                _report(problems, exc)
+                report_problem(problems, exc)
         if problems is not None and found_here:
             # without the image, `<filename>` was compared with a guessed name: drop those notes
             problems.extend(p for p in found_here if not (image_missing and p.kind.startswith("filename")))

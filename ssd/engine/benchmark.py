@@ -251,6 +251,38 @@ class _Run:
     warmup: int
     iters: int
 
+    @classmethod
+    def checked(
+        cls,
+        batch_size: int,
+        precision: str,
+        device: str | torch.device,
+        channels_last: bool,
+        compile: bool,
+        compile_mode: str,
+        orig_size: tuple[int, int],
+        images_on_host: bool,
+        seed: int,
+        flops: bool,
+        warmup: int,
+        iters: int,
+    ) -> _Run:
+        """The run after checking its device and counts; with `compile`, dynamo starts afresh."""
+        dev = torch.device(device)
+        _check_device(dev)
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if warmup < 0 or iters <= 0:
+            raise ValueError(f"need warmup >= 0 and iters > 0, got warmup={warmup}, iters={iters}")
+        if compile:
+            # fresh caches per run: every run compiles the same forward code object, and a sweep's
+            # batch sizes x precisions would otherwise exceed dynamo's recompile limit (-> eager)
+            torch._dynamo.reset()
+        return cls(
+            batch_size, precision, dev, channels_last, compile, compile_mode, orig_size, images_on_host,
+            seed, flops, warmup, iters,
+        )  # fmt: skip
+
 
 @dataclass(frozen=True)
 class SpeedRatio:
@@ -632,20 +664,10 @@ def benchmark(
     `includes`, FLOPs per image, achieved TFLOP/s, the share of the GPU's dense bf16 peak (None
     when unknown or on CPU), run settings.
     """
-    dev = torch.device(device)
-    _check_device(dev)
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if warmup < 0 or iters <= 0:
-        raise ValueError(f"need warmup >= 0 and iters > 0, got warmup={warmup}, iters={iters}")
-    run = _Run(
-        batch_size, precision, dev, channels_last, compile, compile_mode, orig_size, images_on_host,
+    run = _Run.checked(
+        batch_size, precision, device, channels_last, compile, compile_mode, orig_size, images_on_host,
         seed, flops, warmup, iters,
     )  # fmt: skip
-    if compile:
-        # fresh caches per run: every run compiles the same forward code object, and a sweep's
-        # batch sizes x precisions would otherwise exceed dynamo's recompile limit (-> eager)
-        torch._dynamo.reset()
     tv_cl = channels_last if torchvision_channels_last is None else torchvision_channels_last
     prepared: list[_Prepared] = []
     try:
@@ -694,14 +716,8 @@ def benchmark_torchvision(
     GeneralizedRCNNTransform, backbone, head, default boxes, per-image per-class postprocess,
     rescale). With `compile`, its backbone and head are compiled (the rest stays eager). To
     compare with ours, prefer `benchmark(..., torchvision_model=...)`, which interleaves both."""
-    dev = torch.device(device)
-    _check_device(dev)
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if compile:
-        torch._dynamo.reset()
-    run = _Run(
-        batch_size, precision, dev, channels_last, compile, compile_mode, orig_size, images_on_host,
+    run = _Run.checked(
+        batch_size, precision, device, channels_last, compile, compile_mode, orig_size, images_on_host,
         seed, flops, warmup, iters,
     )  # fmt: skip
     prepared = _prepare_torchvision(model, run)

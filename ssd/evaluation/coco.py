@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from ssd.boxes import xywh_to_xyxy, xyxy_to_xywh
+from ssd.data.coco import coco_annotations
 from ssd.data.records import DatasetError
 from ssd.evaluation.voc import GroundTruth, json_number
 from ssd.structures import Detections
@@ -79,18 +80,8 @@ def gt_to_coco(
         if image_sizes is not None:
             image["height"], image["width"] = int(image_sizes[i][0]), int(image_sizes[i][1])
         images.append(image)
-        xywh = xyxy_to_xywh(gt.boxes.to(torch.float64)).tolist()
-        for box, label, diff in zip(xywh, gt.labels.tolist(), gt.difficult.tolist(), strict=True):
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": img_id,
-                    "category_id": int(label),
-                    "bbox": [float(v) for v in box],
-                    "area": float(box[2] * box[3]),
-                    "iscrowd": int(bool(diff)),
-                }
-            )
+        labels, crowd = gt.labels.tolist(), gt.difficult.tolist()
+        annotations += coco_annotations(img_id, gt.boxes, labels, crowd, len(annotations) + 1)
     categories = [{"id": k, "name": name} for k, name in enumerate(class_names, start=1)]
     return {"images": images, "annotations": annotations, "categories": categories}
 
@@ -159,6 +150,29 @@ def _is_id(value: Any) -> bool:
     return (isinstance(value, int) and not isinstance(value, bool)) or isinstance(value, str)
 
 
+def _image_and_label(
+    entry: Any,
+    index: Mapping[Any, int],
+    label_of: Mapping[Any, int],
+    source: str,
+    where: str,
+    image_is: str,
+    category_is: str,
+) -> tuple[int, int]:
+    """Check one annotation or prediction object: its `image_id` must be a key of `index` and its
+    `category_id` one of `label_of` (else DatasetError "... is not {image_is}" / "{category_is}").
+    Returns (image index, our label)."""
+    if not isinstance(entry, dict):
+        raise DatasetError(source, f"{where} must be an object")
+    img_id = entry.get("image_id")
+    if not _is_id(img_id) or img_id not in index:
+        raise DatasetError(source, f"{where}.image_id {img_id!r} is not {image_is}")
+    cat = entry.get("category_id")
+    if cat not in label_of:
+        raise DatasetError(source, f"{where}.category_id {cat!r} is not {category_is}")
+    return index[img_id], label_of[cat]
+
+
 def _bbox(value: Any, source: str, where: str, positive: bool = False) -> list[float]:
     """A [x, y, w, h] box of 4 finite numbers with w, h >= 0 (> 0 with `positive`: a ground-truth
     box of zero width or height could never be matched and would lower the AP silently)."""
@@ -214,17 +228,9 @@ def parse_coco_gt(data: Any, source: str | Path = "<coco gt>") -> CocoGroundTrut
     crowd: list[list[bool]] = [[] for _ in image_ids]
     for j, ann in enumerate(data["annotations"]):
         where = f"annotations[{j}]"
-        if not isinstance(ann, dict):
-            raise DatasetError(src, f"{where} must be an object")
-        img_id = ann.get("image_id")
-        if not _is_id(img_id) or img_id not in index:
-            raise DatasetError(src, f"{where}.image_id {img_id!r} is not in 'images'")
-        cat = ann.get("category_id")
-        if cat not in label_of:
-            raise DatasetError(src, f"{where}.category_id {cat!r} is not in 'categories'")
-        i = index[img_id]
+        i, label = _image_and_label(ann, index, label_of, src, where, "in 'images'", "in 'categories'")
         boxes[i].append(_bbox(ann.get("bbox"), src, where, positive=True))
-        labels[i].append(label_of[cat])
+        labels[i].append(label)
         crowd[i].append(bool(ann.get("iscrowd", 0)))
     gts = [
         GroundTruth(
@@ -259,20 +265,15 @@ def parse_coco_predictions(
     scores: list[list[float]] = [[] for _ in gt.image_ids]
     for j, pred in enumerate(data):
         where = f"[{j}]"
-        if not isinstance(pred, dict):
-            raise DatasetError(src, f"{where} must be an object")
-        img_id = pred.get("image_id")
-        if not _is_id(img_id) or img_id not in index:
-            raise DatasetError(src, f"{where}.image_id {img_id!r} is not an image of the annotation file")
-        cat = pred.get("category_id")
-        if cat not in label_of:
-            raise DatasetError(src, f"{where}.category_id {cat!r} is not a category of the annotation file")
+        i, label = _image_and_label(
+            pred, index, label_of, src, where,
+            "an image of the annotation file", "a category of the annotation file",
+        )  # fmt: skip
         score = pred.get("score")
         if not isinstance(score, int | float) or isinstance(score, bool) or not math.isfinite(score):
             raise DatasetError(src, f"{where}.score must be a finite number, got {score!r}")
-        i = index[img_id]
         boxes[i].append(_bbox(pred.get("bbox"), src, where))
-        labels[i].append(label_of[cat])
+        labels[i].append(label)
         scores[i].append(float(score))
     out = []
     for b, lab, s in zip(boxes, labels, scores, strict=True):

@@ -82,7 +82,13 @@ class _OnnxNetwork:
 
     name = "onnx"
 
-    def __init__(self, model: nn.Module, image_size: int, onnx_path: str | Path | None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        image_size: int,
+        onnx_path: str | Path | None = None,
+        threads: int | None = None,
+    ) -> None:
         if not backend_available(self.name):
             raise BackendError(
                 f"backend {self.name!r} needs the {_MODULES[self.name]} package: pip install 'ssd512[deploy]'"
@@ -102,6 +108,12 @@ class _OnnxNetwork:
             # the network graph needs only the input size of the settings
             settings = dataclasses.replace(InferenceSettings.from_config(Config()), image_size=image_size)
             export_onnx(model, self.onnx_path, settings)  # type: ignore[arg-type]
+        self.threads = threads or torch.get_num_threads()
+        self._load()
+
+    def _load(self) -> None:
+        """Open `self.onnx_path` with the backend's runtime (`self.threads` threads)."""
+        raise NotImplementedError
 
     @staticmethod
     def _outputs(logits: Any, deltas: Any) -> tuple[Tensor, Tensor]:
@@ -114,20 +126,13 @@ class OnnxRuntimeNetwork(_OnnxNetwork):
 
     name = "onnxruntime"
 
-    def __init__(
-        self,
-        model: nn.Module,
-        image_size: int,
-        onnx_path: str | Path | None = None,
-        threads: int | None = None,
-    ) -> None:
-        super().__init__(model, image_size, onnx_path)
+    def _load(self) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = threads or torch.get_num_threads()
+        opts.intra_op_num_threads = self.threads
         self.session = ort.InferenceSession(str(self.onnx_path), opts, providers=["CPUExecutionProvider"])
 
     def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -141,21 +146,11 @@ class OpenVinoNetwork(_OnnxNetwork):
 
     name = "openvino"
 
-    def __init__(
-        self,
-        model: nn.Module,
-        image_size: int,
-        onnx_path: str | Path | None = None,
-        threads: int | None = None,
-    ) -> None:
-        super().__init__(model, image_size, onnx_path)
+    def _load(self) -> None:
         import openvino as ov
 
         self._core = ov.Core()
-        self._config = {
-            "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
-        }
+        self._config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": int(self.threads)}
         self._compiled: dict[tuple[int, ...], Any] = {}
 
     def _compile(self, shape: tuple[int, ...]) -> Any:

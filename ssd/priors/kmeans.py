@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -413,6 +413,39 @@ def _sorted_result(
     return cen[order], rank[assign_u][inverse]
 
 
+_LloydRun = tuple[np.ndarray, np.ndarray, float, int]  # centroids, assignment, score, iterations
+
+
+def _best_run(runs: Iterable[_LloydRun]) -> tuple[_LloydRun, list[float]]:
+    """The restart with the highest score (strict: the earliest best is kept) and every score."""
+    best: _LloydRun | None = None
+    scores = []
+    for run in runs:
+        scores.append(run[2])
+        if best is None or run[2] > best[2]:
+            best = run
+    assert best is not None
+    return best, scores
+
+
+def _kmeans_result(
+    arr: np.ndarray, inverse: np.ndarray, runs: Iterable[_LloydRun], metric: str, update: Update
+) -> KMeansResult:
+    """The `KMeansResult` of the best of `runs` on the distinct shapes of `arr` (`inverse` maps
+    each box of `arr` to its distinct shape)."""
+    (cen, assign_u, _, iters), scores = _best_run(runs)
+    centroids, assignments = _sorted_result(cen, assign_u, inverse)
+    return KMeansResult(
+        centroids=centroids,
+        assignments=assignments,
+        mean_iou=mean_best_iou(arr, centroids),
+        metric=metric,
+        update=update,
+        iterations=iters,
+        restart_scores=tuple(scores),
+    )
+
+
 def _distinct_check(n_distinct: int, k: int) -> None:
     if k > n_distinct:
         raise ValueError(
@@ -446,29 +479,13 @@ def iou_kmeans(
     uniq, weights, inverse = _dedup(arr)
     _distinct_check(uniq.shape[0], k)
     assigner = _IoUAssigner(uniq)
-    best: tuple[np.ndarray, np.ndarray, float, int] | None = None
-    scores = []
-    for run in _map_restarts(
+    runs = _map_restarts(
         lambda rng: _lloyd_iou(uniq, weights, k, update, rng, assigner, max_iter),
         _spawn(seed, restarts),
         uniq.shape[0],
         workers,
-    ):
-        scores.append(run[2])
-        if best is None or run[2] > best[2]:  # strict: the earliest best restart is kept
-            best = run
-    assert best is not None
-    cen, assign_u, _, iters = best
-    centroids, assignments = _sorted_result(cen, assign_u, inverse)
-    return KMeansResult(
-        centroids=centroids,
-        assignments=assignments,
-        mean_iou=mean_best_iou(arr, centroids),
-        metric="iou",
-        update=update,
-        iterations=iters,
-        restart_scores=tuple(scores),
     )
+    return _kmeans_result(arr, inverse, runs, "iou", update)
 
 
 # --------------------------------------------------------------------------- Euclidean k-means
@@ -554,24 +571,8 @@ def euclidean_kmeans(
         raise ValueError(f"update must be 'mean' or 'median', got {update!r}")
     uniq, weights, inverse = _dedup(arr)
     _distinct_check(uniq.shape[0], k)
-    best: tuple[np.ndarray, np.ndarray, float, int] | None = None
-    scores = []
-    for rng in _spawn(seed, restarts):
-        run = _lloyd_euclid(uniq, weights, k, update, rng, max_iter)
-        scores.append(run[2])
-        if best is None or run[2] > best[2]:
-            best = run
-    assert best is not None
-    centroids, assignments = _sorted_result(best[0], best[1], inverse)
-    return KMeansResult(
-        centroids=centroids,
-        assignments=assignments,
-        mean_iou=mean_best_iou(arr, centroids),
-        metric="euclidean",
-        update=update,
-        iterations=best[3],
-        restart_scores=tuple(scores),
-    )
+    runs = (_lloyd_euclid(uniq, weights, k, update, rng, max_iter) for rng in _spawn(seed, restarts))
+    return _kmeans_result(arr, inverse, runs, "euclidean", update)
 
 
 # --------------------------------------------------------------------------- ratio x scale
@@ -592,12 +593,9 @@ def kmeans_1d(
     uniq, inv = np.unique(v[:, 0], return_inverse=True)
     uw = np.bincount(inv.reshape(-1), weights=wts, minlength=uniq.size)
     _distinct_check(uniq.size, k)
-    best: tuple[np.ndarray, np.ndarray, float, int] | None = None
-    for rng in _spawn(seed, restarts):
-        run = _lloyd_euclid(uniq[:, None], uw, k, "mean", rng, max_iter)
-        if best is None or run[2] > best[2]:
-            best = run
-    assert best is not None
+    best, _ = _best_run(
+        _lloyd_euclid(uniq[:, None], uw, k, "mean", rng, max_iter) for rng in _spawn(seed, restarts)
+    )
     return np.sort(best[0][:, 0])
 
 
