@@ -346,7 +346,7 @@ def run_training(
         "batch_size": bs,
         "amp": rt.amp,
         "grad_scaler": rt.grad_scaler,
-        "runtime": rt.as_dict(),
+        "runtime": rt.to_dict(),
         "loader_workers": sizes.num_workers,
         "data": f"{n_img} synthetic {img_size[0]}x{img_size[1]} images, training augmentation",
         "input_size": tcfg.priors.image_size,
