@@ -211,7 +211,7 @@ def test_tiled_evaluate_equals_untiled_when_one_window_covers_the_image(tmp_path
         assert torch.allclose(a.boxes, b.boxes, atol=1e-3)
         assert torch.allclose(a.scores, b.scores, atol=1e-6)
         assert torch.equal(a.labels, b.labels)
-    assert score(cfg, "val", untiled_run)["mAP"] == score(tiled_cfg, "val", tiled_run)["mAP"]
+    assert score(cfg, "val", untiled_run).map == score(tiled_cfg, "val", tiled_run).map
 
 
 def test_detector_tiled_on_large_and_small_images(tmp_path: Path) -> None:

@@ -170,7 +170,7 @@ def evaluate_checkpoint_cli(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ssd.data.loader import build_records
-    from ssd.engine.evaluate import measure_speed, predict_split, score_with_result, typical_image_size
+    from ssd.engine.evaluate import measure_speed, predict_split, score, typical_image_size
     from ssd.evaluation.report import plot_pr_curves, summary_text, write_run_report
     from ssd.inference.checkpoint import load_model
 
@@ -186,7 +186,8 @@ def evaluate_checkpoint_cli(args: argparse.Namespace) -> int:
                 bar.update(n)
 
             detections = predict_split(model, cfg, split, device, advance)
-        summary, result = score_with_result(cfg, split, detections)
+        evaluation = score(cfg, split, detections)
+        summary, result = evaluation.to_dict(), evaluation.result
         speed = None
         if not args.no_speed:
             speed = measure_speed(

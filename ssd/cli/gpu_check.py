@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     md, js = write_report(result, args.output_dir)
     print(format_markdown(result))
     print(f"wrote {md} and {js}", file=sys.stderr)
-    return 0 if result["ok"] else 1
+    return 0 if result.ok else 1
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -40,6 +40,9 @@ from ssd.cli.common import add_config_args
 from ssd.config import Config, ConfigError, load_config
 from ssd.data.check import ANNOTATION_FORMATS
 from ssd.data.records import DatasetError, Record
+
+if TYPE_CHECKING:
+    from ssd.priors.fit import SubsetRecall
 
 FORMATS = ANNOTATION_FORMATS
 METRICS = ("iou", "euclidean", "ratio-scale")
@@ -257,11 +260,11 @@ def tiled_records(cfg: Config, records: list[Record]) -> list[Record]:
 
 def tiled_small_recall(
     cfg: Config, args: argparse.Namespace, boxes: Any, grids: dict[str, Any], thr: float, shifts: int
-) -> dict[str, Any]:
+) -> SubsetRecall:
     """Tiled fit: recall@thr of the window boxes whose original box is small (< 32 x 32) after
     the untiled warp to the input, per prior set (grid and position-averaged)."""
     from ssd.data.tiling import Tiling, small_before_tiling
-    from ssd.priors.fit import fit_report
+    from ssd.priors.fit import subset_recall
 
     records = select_fold(load_records(cfg, args, "val"), args)
     mask = small_before_tiling(
@@ -272,15 +275,7 @@ def tiled_small_recall(
     )
     if mask.shape[0] != boxes.num_boxes:  # degenerate boxes dropped: no exact correspondence
         raise DatasetError(args.annotations or cfg.data.root, "tiled boxes and their sources disagree")
-    sub = boxes.subset(mask)
-    out: dict[str, Any] = {"num_window_boxes": int(mask.sum()), "recall": {}, "recall_expected": {}}
-    for name, grid in grids.items():
-        rep = None
-        if sub.num_boxes:
-            rep = fit_report(grid, sub, cfg.data.classes, iou_threshold=thr, shifts=shifts)
-        out["recall"][name] = None if rep is None else rep.recall
-        out["recall_expected"][name] = None if rep is None else rep.recall_expected
-    return out
+    return subset_recall(grids, boxes, mask, cfg.data.classes, iou_threshold=thr, shifts=shifts)
 
 
 def _source(cfg_path: str | None, args: argparse.Namespace, default_split: str) -> str:
@@ -370,11 +365,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
             n: {"config": p, **reports[n].to_dict()} for n, p in zip(list(reports)[1:], args.compare)
         }
     table = fit_table_markdown(reports)
+    small = None
     if cfg.input.tiling.enabled:
-        summary["tiling"] = {
-            "settings": dataclasses.asdict(cfg.input.tiling),
-            "small_after_warp": tiled_small_recall(cfg, args, boxes, grids, thr, args.shifts),
-        }
+        small = tiled_small_recall(cfg, args, boxes, grids, thr, args.shifts)
+        settings = dataclasses.asdict(cfg.input.tiling)
+        summary["tiling"] = {"settings": settings, "small_after_warp": small.to_dict()}
     if args.output_dir is not None:
         markdown = f"# Prior fit\n\nBoxes: {source} ({boxes.num_boxes} ground truths)\n\n" + table
         shapes = {n: g.shapes for n, g in grids.items()}
@@ -384,13 +379,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
     else:
         print(f"boxes: {source}: {boxes.num_boxes} ground truths in {len(boxes.image_ids)} images")
         print(table)
-        if "tiling" in summary:
-            sm = summary["tiling"]["small_after_warp"]
+        if small is not None:
             print(
-                f"tiled (boxes per window): {sm['num_window_boxes']} window boxes of boxes under 32 x 32 "
+                f"tiled (boxes per window): {small.num_window_boxes} window boxes of boxes under 32 x 32 "
                 f"after the untiled {cfg.priors.image_size} warp; recall@{thr:g}: "
                 + ", ".join(
-                    f"{n} {_pct(sm['recall'][n])} (position-averaged {_pct(sm['recall_expected'][n])})"
+                    f"{n} {_pct(small.recall[n])} (position-averaged {_pct(small.recall_expected[n])})"
                     for n in grids
                 )
             )

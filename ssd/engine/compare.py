@@ -31,7 +31,7 @@ import torch
 
 from ssd.config import Config, ConfigError, replace
 from ssd.data.loader import build_records
-from ssd.engine.evaluate import evaluate_model, predict_split, score
+from ssd.engine.evaluate import Evaluation, evaluate_model, predict_split, score
 from ssd.engine.train import train
 from ssd.evaluation.bootstrap import BootstrapSummary
 from ssd.inference.checkpoint import load_checkpoint, load_model
@@ -40,7 +40,7 @@ from ssd.modeling.build import build_model
 from ssd.modeling.ssd import SSD
 from ssd.priors.fit import BoxSet, fit_report, records_to_boxes
 from ssd.priors.generator import PriorSet
-from ssd.priors.optimize import optimize_priors
+from ssd.priors.optimize import OptimizeInfo, optimize_priors
 from ssd.structures import Detections
 
 log = logging.getLogger(__name__)
@@ -87,20 +87,21 @@ def describe(name: str) -> str:
 
 def variant_config(
     name: str, base: Config, train_boxes: BoxSet, max_priors: int | None = None
-) -> tuple[Config, dict[str, Any]]:
+) -> tuple[Config, OptimizeInfo | None]:
     """The config of one variant (priors fitted on the training boxes with `base.seed`) and what
-    the fit did. `learned@X` is X's config with `priors.learnable: true`."""
+    the fit did (None for the original). `learned@X` is X's config with `priors.learnable: true`
+    (and X's fit)."""
     kind, init = parse_variant(name)
     if kind == "learned":
         assert init is not None
         cfg, info = variant_config(init, base, train_boxes, max_priors)
-        return replace(cfg, **{"priors.learnable": True}), {**info, "initial_shapes": init}
+        return replace(cfg, **{"priors.learnable": True}), info
     if kind == REFERENCE:
-        return base, {}
+        return base, None
     result = optimize_priors(
         train_boxes, base.priors, method=kind, max_priors=max_priors, seed=base.seed  # type: ignore[arg-type]
     )
-    return replace(base, priors=result.priors), result.info.to_dict()
+    return replace(base, priors=result.priors), result.info
 
 
 def _run_complete(run_dir: Path, cfg: Config) -> bool:
@@ -116,7 +117,7 @@ def untrained_map(cfg: Config, device: torch.device) -> float:
     training: the chance level each trained variant is read against."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device)
-    return float(evaluate_model(model, cfg, "val", device)["mAP"])
+    return evaluate_model(model, cfg, "val", device).map
 
 
 def _loss_curve(run_dir: Path) -> list[tuple[int, float]]:
@@ -154,7 +155,8 @@ def run_dir_for(out: Path, name: str, seed: int) -> Path:
 
 @dataclass
 class SeedRun:
-    """One trained (variant, seed): its metrics, validation detections and final config."""
+    """One trained (variant, seed): its metrics (the evaluation's JSON form, as result.json keeps
+    them), validation detections and final config."""
 
     seed: int
     metrics: dict[str, Any]
@@ -163,6 +165,19 @@ class SeedRun:
     run_dir: Path
     checkpoint: Path
     map_untrained: float | None
+
+    @property
+    def map(self) -> float:
+        return float(self.metrics["mAP"])
+
+    @property
+    def per_class_ap(self) -> dict[str, float | None]:
+        return dict(self.metrics["per_class_ap"])
+
+    @property
+    def metric(self) -> str | None:
+        metric = self.metrics.get("metric")
+        return None if metric is None else str(metric)
 
 
 def _final_model(final_cfg: Config, checkpoint: Path, dev: torch.device) -> SSD:
@@ -203,7 +218,7 @@ def run_seed(
     map_untrained = untrained_map(cfg_s, dev) if chance else None
     captured: dict[str, dict[str, Detections]] = {}
 
-    def evaluate_fn(model: SSD, c: Config, d: torch.device) -> dict[str, Any]:
+    def evaluate_fn(model: SSD, c: Config, d: torch.device) -> Evaluation:
         run = predict_split(model, c, "val", d)
         captured["dets"] = run.detections
         return score(c, "val", run)
@@ -224,7 +239,7 @@ def run_seed(
         model = _final_model(final_cfg, result.last_checkpoint, dev)
         run = predict_split(model, final_cfg, "val", dev)
         captured["dets"] = run.detections
-        metrics = score(final_cfg, "val", run)
+        metrics = score(final_cfg, "val", run).to_dict()
     else:
         metrics = result.final_metrics
     save_detections(captured["dets"], det_path)
@@ -400,8 +415,11 @@ def compare(
     prior_shapes: dict[str, list[list[tuple[float, float]]]] = {}
     boot: dict[str, list[np.ndarray]] = {}
     for name in variants:
-        kind, _ = parse_variant(name)
-        cfg, fit_info = variant_config(name, base, train_boxes)
+        kind, init = parse_variant(name)
+        cfg, optimized = variant_config(name, base, train_boxes)
+        fit_info = {} if optimized is None else optimized.to_dict()
+        if kind == "learned":
+            fit_info["initial_shapes"] = init
         fit_before = fit_report(PriorSet.from_config(cfg.priors), val_boxes, classes).to_dict()
         log.info("variant %s: %d priors, seeds %s", name, fit_before["num_priors"], seed_list)
         runs = [
@@ -409,7 +427,7 @@ def compare(
             for k, s in enumerate(seed_list)
         ]
         first = runs[0]
-        maps = [float(r.metrics["mAP"]) for r in runs]
+        maps = [r.map for r in runs]
         boot[name] = []
         for r in runs:
             dets = [r.detections.get(rec.image_id, empty) for rec in val_records]
@@ -435,9 +453,9 @@ def compare(
             seeds=seed_list,
             map_untrained=first.map_untrained,
             per_class_ap={
-                c: _mean_or_none([r.metrics["per_class_ap"].get(c) for r in runs]) for c in classes
+                c: _mean_or_none([r.per_class_ap.get(c) for r in runs]) for c in classes
             },
-            metric=first.metrics.get("metric", metric),
+            metric=first.metric or metric,
             fps=fps,
             network_fps=network_fps,
             fps_device=str(bench_dev),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,7 +12,8 @@ import torch
 from ssd.config import Config
 from ssd.data.loader import build_eval_loader, build_records, checked
 from ssd.data.records import DatasetError, Record
-from ssd.inference.checkpoint import load_model
+from ssd.evaluation.coco import CocoResult
+from ssd.evaluation.voc import VOCResult
 from ssd.inference.runtime import DeviceCaps, autocast
 from ssd.inference.settings import InferenceSettings
 from ssd.inference.sliced import predict_split_tiled
@@ -83,27 +83,73 @@ def predict_split(
     return SplitPredictions(out, read, skipped)
 
 
+@dataclass(frozen=True)
+class SkippedImage:
+    """An image of the split that could not be read and was not scored: its id, the file, the
+    problem and its kind (`DatasetError`)."""
+
+    image_id: str | None
+    file: str
+    problem: str
+    kind: str
+
+    @classmethod
+    def of(cls, error: DatasetError) -> SkippedImage:
+        return cls(image_id=error.image_id, file=error.path, problem=error.detail, kind=error.kind)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The scores of one split: the metric's result (`VOCResult` / `CocoResult`: mAP, per-class
+    AP, ground-truth counts, PR curves per class), the confusion matrix, the number of images
+    scored and the images skipped. `to_dict()` is the JSON form: the result's keys ("mAP",
+    "per_class_ap", ...), then "confusion_matrix", "num_images", "num_skipped", "skipped_images"."""
+
+    result: VOCResult | CocoResult
+    confusion: ConfusionReport
+    num_images: int
+    skipped: tuple[SkippedImage, ...] = ()
+
+    @property
+    def map(self) -> float:
+        """The headline mAP (NaN when no class has ground truth)."""
+        return self.result.map
+
+    @property
+    def per_class_ap(self) -> dict[str, float]:
+        return self.result.per_class_ap
+
+    @property
+    def metric(self) -> str:
+        return self.result.metric
+
+    @property
+    def num_skipped(self) -> int:
+        return len(self.skipped)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.result.to_dict(),
+            "confusion_matrix": self.confusion.to_dict(),
+            "num_images": self.num_images,
+            "num_skipped": self.num_skipped,
+            "skipped_images": [s.to_dict() for s in self.skipped],
+        }
+
+
 def score(
     cfg: Config,
     split: str,
     detections: dict[str, Detections] | SplitPredictions,
     metric: str | None = None,
-) -> dict[str, Any]:
+) -> Evaluation:
     """Score detections against the ground truth (difficult boxes ignored): of exactly the
     images that were read when given `SplitPredictions` (the skipped ones are listed in
-    "skipped_images" with the file and the reason, and counted in "num_skipped"), of every
-    usable record of the split when given a plain dict. "num_images" is the number scored;
-    "confusion_matrix" the matrix of `confusion`."""
-    return score_with_result(cfg, split, detections, metric)[0]
-
-
-def score_with_result(
-    cfg: Config,
-    split: str,
-    detections: dict[str, Detections] | SplitPredictions,
-    metric: str | None = None,
-) -> tuple[dict[str, Any], Any]:
-    """`score`'s dict and the result object (`VOCResult` / `CocoResult`: PR curves per class)."""
+    `skipped` with the file and the reason), of every usable record of the split when given a
+    plain dict. `num_images` is the number scored; `confusion` the matrix of `confusion`."""
     from ssd.evaluation.voc import GroundTruth, evaluate_voc
 
     metric = metric or cfg.eval.metric
@@ -114,26 +160,25 @@ def score_with_result(
     empty = Detections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long))
     gts = [GroundTruth.from_record(r) for r in records]
     dets = [dets_by_id.get(r.image_id, empty) for r in records]
-    extra: dict[str, Any] = {
-        "num_images": len(records),
-        "num_skipped": len(skipped),
-        "skipped_images": [
-            {"image_id": e.image_id, "file": e.path, "problem": e.detail, "kind": e.kind} for e in skipped
-        ],
-    }
+    result: VOCResult | CocoResult
     if metric == "coco":
         from ssd.evaluation.coco import coco_eval, detections_to_coco, gt_to_coco
 
         ids = list(range(1, len(records) + 1))
         sizes = [(r.height, r.width) for r in records]
-        coco = coco_eval(gt_to_coco(gts, cfg.data.classes, ids, sizes), detections_to_coco(dets, ids))
-        return {**coco.to_dict(), "confusion_matrix": confusion(cfg, gts, dets).to_dict(), **extra}, coco
-    if metric not in ("voc07", "area"):
+        result = coco_eval(gt_to_coco(gts, cfg.data.classes, ids, sizes), detections_to_coco(dets, ids))
+    elif metric in ("voc07", "area"):
+        result = evaluate_voc(
+            gts, dets, cfg.data.classes, cfg.eval.iou_threshold, "voc07" if metric == "voc07" else "area"
+        )
+    else:
         raise ValueError(f"eval.metric: unknown metric {metric!r}")
-    voc = evaluate_voc(
-        gts, dets, cfg.data.classes, cfg.eval.iou_threshold, "voc07" if metric == "voc07" else "area"
+    return Evaluation(
+        result=result,
+        confusion=confusion(cfg, gts, dets),
+        num_images=len(records),
+        skipped=tuple(SkippedImage.of(e) for e in skipped),
     )
-    return {**voc.to_dict(), "confusion_matrix": confusion(cfg, gts, dets).to_dict(), **extra}, voc
 
 
 @dataclass(frozen=True)
@@ -176,11 +221,9 @@ def evaluate_model(
     split: str,
     device: torch.device,
     progress: Callable[[int], None] | None = None,
-) -> dict[str, Any]:
-    """Predict and score one split (exactly the images that were read); returns at least "mAP",
-    "per_class_ap", "num_gt", "confusion_matrix", "num_images" and the skipped images
-    ("num_skipped", "skipped_images"). `progress(n)` is called with the number of images of
-    each batch."""
+) -> Evaluation:
+    """Predict and score one split (exactly the images that were read; `score`). `progress(n)`
+    is called with the number of images of each batch."""
     return score(cfg, split, predict_split(model, cfg, split, device, progress))
 
 
@@ -245,14 +288,3 @@ def typical_image_size(cfg: Config, split: str) -> tuple[int, int]:
     """(height, width) of the first image of a split (what the speed figure is measured at)."""
     records = build_records(cfg, split)
     return (int(records[0].height), int(records[0].width)) if records else (375, 500)
-
-
-def evaluate_checkpoint(
-    cfg: Config | None, checkpoint: str | Path, split: str = "val", device: str | torch.device = "cpu"
-) -> dict[str, Any]:
-    """Load a checkpoint into the configured model (`cfg=None`: the config stored in the
-    checkpoint) and evaluate it on `split`."""
-    dev = torch.device(device)
-    cfg, model = load_model(checkpoint, cfg)
-    model.to(dev)
-    return evaluate_model(model, cfg, split, dev)

@@ -90,7 +90,7 @@ def evaluate_run(
     _, model = load_model(run / checkpoint, cfg, ema=False)
     model.to(dev)
     dets = predict_split(model, cfg, split, dev)
-    overall = score(cfg, split, dets, "voc07")
+    overall = score(cfg, split, dets, "voc07").result.to_dict()  # JSON numbers: NaN is None
     records = dets.records  # the images that were read
     empty = Detections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long))
     gts = small_only([GroundTruth.from_record(r) for r in records], [(r.height, r.width) for r in records])

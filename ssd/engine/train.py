@@ -28,7 +28,7 @@ import os
 import signal
 import time
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -40,6 +40,7 @@ from torch import nn
 from ssd.config import Config, ConfigError, config_from_dict, config_to_dict, save_config
 from ssd.data.loader import build_train_loader, checked
 from ssd.engine.distributed import DistContext, setup_distributed
+from ssd.engine.evaluate import Evaluation
 from ssd.engine.prior_check import PriorCheck
 from ssd.inference.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ssd.inference.runtime import DeviceCaps, apply_cudnn_benchmark, resolve_train_runtime
@@ -51,8 +52,8 @@ from ssd.structures import Batch, Detections, HeadOutputs, Targets
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, dict[str, float]], None]
-# evaluate_fn(model, cfg, device) -> metrics with "mAP" (and "per_class_ap")
-EvaluateFn = Callable[[SSD, Config, torch.device], dict[str, Any]]
+# evaluate_fn(model, cfg, device) -> an Evaluation, or JSON metrics with "mAP" (and "per_class_ap")
+EvaluateFn = Callable[[SSD, Config, torch.device], Evaluation | Mapping[str, Any]]
 
 
 class TrainingError(RuntimeError):
@@ -253,8 +254,10 @@ def train(
 
     `resume=True` continues from `output_dir/last.pt` (a path selects another checkpoint); the
     checkpoint's config must equal `cfg` except for `train.max_iters`. `evaluate_fn(model, cfg,
-    device)` returns metrics with "mAP" (defaults to `ssd.engine.evaluate.evaluate_model` on the
-    val split). `progress(iteration, scalars)` is called every step (the CLI's tqdm bar).
+    device)` returns an `Evaluation` or JSON metrics with "mAP" (defaults to
+    `ssd.engine.evaluate.evaluate_model` on the val split); `TrainResult.final_metrics` holds the
+    last one in its JSON form (the "eval" row of metrics.jsonl). `progress(iteration, scalars)`
+    is called every step (the CLI's tqdm bar).
 
     Under torchrun (or with a default process group already initialised) this trains data
     parallel; every process calls `train` with the same arguments and gets the same iteration,
@@ -380,13 +383,13 @@ class _RunLog:
 
 def _default_evaluate(trainer: _Trainer, run_log: _RunLog) -> EvaluateFn:
     """mAP on the val split (`ssd.engine.evaluate`), with PR curves and detections in TensorBoard."""
-    from ssd.engine.evaluate import predict_split, score_with_result
+    from ssd.engine.evaluate import predict_split, score
 
-    def evaluate_fn(m: SSD, c: Config, d: torch.device) -> dict[str, Any]:
+    def evaluate_fn(m: SSD, c: Config, d: torch.device) -> Evaluation:
         detections = predict_split(m, c, "val", d)
-        summary, result = score_with_result(c, "val", detections)
-        _log_eval_visuals(run_log.writer, c, result, detections.detections, trainer.iteration)
-        return summary
+        evaluation = score(c, "val", detections)
+        _log_eval_visuals(run_log.writer, c, evaluation.result, detections.detections, trainer.iteration)
+        return evaluation
 
     return evaluate_fn
 
@@ -406,7 +409,7 @@ class _Trainer:
         self.model = model
         self.optimizer = build_optimizer(model, cfg)
         self.runtime = resolve_train_runtime(cfg, DeviceCaps.of(dev))  # amp, cuDNN autotuning, pinned memory
-        log.info("runtime on %s: %s", dev, self.runtime.as_dict())
+        log.info("runtime on %s: %s", dev, self.runtime.to_dict())
         if dev.type == "cuda":
             apply_cudnn_benchmark(self.runtime.cudnn_benchmark)
         self.scaler = torch.amp.GradScaler(dev.type, enabled=self.runtime.grad_scaler)
@@ -485,7 +488,7 @@ class _Trainer:
                 "ema": None if ema is None else {
                     "model": ema.module.state_dict(), "updates": int(ema.n_averaged)
                 },
-                "runtime": self.runtime.as_dict(),
+                "runtime": self.runtime.to_dict(),
             },
             path,
         )  # fmt: skip
@@ -607,7 +610,9 @@ class _Trainer:
         ctx, it = self.ctx, self.iteration
         if ctx.is_main:
             with torch.random.fork_rng(devices=[]):  # resuming from last.pt sees the same RNG
-                metrics = self.final_metrics = evaluate_fn(self.eval_model, self.cfg, self.dev)
+                evaluation = evaluate_fn(self.eval_model, self.cfg, self.dev)
+            metrics = evaluation.to_dict() if isinstance(evaluation, Evaluation) else dict(evaluation)
+            self.final_metrics = metrics
             m = float(metrics["mAP"])
             run_log.writer.add_scalar("eval/mAP", m, it)
             for name, ap in metrics.get("per_class_ap", {}).items():

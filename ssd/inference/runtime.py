@@ -100,7 +100,7 @@ class TrainRuntime:
     def autocast(self, device_type: str) -> contextlib.AbstractContextManager[Any]:
         return autocast(device_type, self.amp)
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 

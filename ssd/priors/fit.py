@@ -676,6 +676,43 @@ def fit_report(
     )
 
 
+@dataclass(frozen=True)
+class SubsetRecall:
+    """Recall of a subset of the boxes (e.g. the window boxes of originally small boxes) per
+    prior set: at the grid positions (`recall`) and position-averaged (`recall_expected`); None
+    for every set when the subset is empty. `num_window_boxes` is the size of the subset."""
+
+    num_window_boxes: int
+    recall: dict[str, float | None]
+    recall_expected: dict[str, float | None]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def subset_recall(
+    grids: Mapping[str, PriorSet],
+    boxes: BoxSet,
+    mask: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    iou_threshold: float = 0.5,
+    shifts: int = POSITION_SHIFTS,
+) -> SubsetRecall:
+    """`fit_report`'s recall and position-averaged recall of the boxes selected by the boolean
+    `mask`, for each named prior set."""
+    sub = boxes.subset(mask)
+    recall: dict[str, float | None] = {}
+    expected: dict[str, float | None] = {}
+    for name, grid in grids.items():
+        rep = None
+        if sub.num_boxes:
+            rep = fit_report(grid, sub, class_names, iou_threshold=iou_threshold, shifts=shifts)
+        recall[name] = None if rep is None else rep.recall
+        expected[name] = None if rep is None else rep.recall_expected
+    return SubsetRecall(int(mask.sum()), recall, expected)
+
+
 def _class_name(names: Sequence[str], label: int) -> str:
     return names[label - 1] if 1 <= label <= len(names) else str(label)
 

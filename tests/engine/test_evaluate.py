@@ -45,14 +45,14 @@ def test_scores_exactly_the_images_read_and_lists_the_skipped(tmp_path: Path, wo
     model = ssd.build_model(cfg)
     torch.manual_seed(0)
     out = evaluate_model(model, cfg, "val", torch.device("cpu"))
-    assert out["num_images"] == 1 and out["num_skipped"] == 2
-    skipped = {e["image_id"]: e for e in out["skipped_images"]}
+    assert out.num_images == 1 and out.num_skipped == 2
+    skipped = {e.image_id: e for e in out.skipped}
     assert set(skipped) == {junk.relative_to(root).as_posix(), cut.relative_to(root).as_posix()}
-    assert {e["file"] for e in skipped.values()} == {str(junk), str(cut)}
-    assert all(e["kind"] == "unreadable_image" and e["problem"] for e in skipped.values())
+    assert {e.file for e in skipped.values()} == {str(junk), str(cut)}
+    assert all(e.kind == "unreadable_image" and e.problem for e in skipped.values())
     # the ground truth scored is the intact image's alone
     (rec,) = [r for r in build_records(cfg, "val") if r.image_path == good]
-    assert sum(out["num_gt"].values()) + sum(out["num_difficult"].values()) == rec.num_boxes
+    assert sum(out.result.num_gt.values()) + sum(out.result.num_difficult.values()) == rec.num_boxes
 
 
 def test_without_skip_invalid_an_undecodable_image_is_a_dataset_error(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from ssd.priors.fit import (
     records_to_boxes,
     records_to_input_boxes,
     records_to_input_wh,
+    subset_recall,
     translate_inside,
 )
 from ssd.priors.generator import PriorSet, flat_shapes, generate_priors, layout_from_config, shapes_per_level
@@ -212,6 +213,20 @@ def test_fit_report_agrees_with_brute_force() -> None:
     assert sum(pl.best_for_gt for pl in rep.per_level) == rel.shape[0]
     md = fit_table_markdown({"x": rep, "y": rep})
     assert "| recall@0.5, grid | " in md and "| b |" in md
+
+
+def test_subset_recall_is_the_recall_of_the_selected_boxes() -> None:
+    grid = small_grid()
+    rel = random_boxes(50, seed=3)
+    boxes = boxset(rel, np.ones(rel.shape[0], dtype=np.int64))
+    best, _ = brute_force(grid, rel, 0.5)
+    mask = np.arange(rel.shape[0]) % 2 == 0
+    sub = subset_recall({"g": grid}, boxes, mask, ["a"], iou_threshold=0.5)
+    assert sub.num_window_boxes == int(mask.sum())
+    assert sub.recall["g"] == pytest.approx((np.array(best)[mask] >= 0.5).mean())
+    assert sub.recall_expected["g"] is not None
+    none = subset_recall({"g": grid}, boxes, np.zeros(rel.shape[0], dtype=bool), ["a"])
+    assert none.to_dict() == {"num_window_boxes": 0, "recall": {"g": None}, "recall_expected": {"g": None}}
 
 
 def test_shape_iou_hand_computed() -> None:
