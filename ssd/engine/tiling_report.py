@@ -87,7 +87,7 @@ def evaluate_run(
     run = Path(run_dir)
     cfg = load_config(run / "config.yaml")
     dev = torch.device(device)
-    _, model = load_model(run / checkpoint, cfg, ema=False)
+    _, model = load_model(run / checkpoint, cfg)  # the EMA weights when the run kept them, as ssd-evaluate
     model.to(dev)
     dets = predict_split(model, cfg, split, dev)
     overall = score(cfg, split, dets, "voc07").result.to_dict()  # JSON numbers: NaN is None
