@@ -17,6 +17,7 @@ install: $(STAMP)
 
 lint: install
 	$(PY) -m ruff check ssd tools tests
+	$(PY) -m ruff format --check ssd tools tests
 
 typecheck: install
 	$(PY) -m mypy ssd

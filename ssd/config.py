@@ -474,9 +474,7 @@ def validate(cfg: Config) -> None:
     _check(len(p.steps) == n, "priors.steps", f"has {len(p.steps)} levels, feature_maps has {n}")
     _check(all(s > 0 for s in p.steps), "priors.steps", "must be positive")
     if p.shapes is None:
-        _check(
-            len(p.min_sizes) == n, "priors.min_sizes", f"has {len(p.min_sizes)} levels, expected {n}"
-        )
+        _check(len(p.min_sizes) == n, "priors.min_sizes", f"has {len(p.min_sizes)} levels, expected {n}")
         _check(
             len(p.max_sizes) in (0, n),
             "priors.max_sizes",
@@ -535,9 +533,7 @@ def validate(cfg: Config) -> None:
     d = cfg.data
     _check(len(d.classes) > 0, "data.classes", "needs at least one class")
     _check(len(set(d.classes)) == len(d.classes), "data.classes", "has duplicates")
-    _check(
-        "background" not in d.classes, "data.classes", "must not list 'background' (label 0)"
-    )
+    _check("background" not in d.classes, "data.classes", "must not list 'background' (label 0)")
     _check(d.num_workers >= 0, "data.num_workers", "must be >= 0")
     _check(0 <= d.synthetic_val_fraction < 1, "data.synthetic_val_fraction", "must be in [0, 1)")
     _check(d.synthetic_num_images > 0, "data.synthetic_num_images", "must be positive")

@@ -43,9 +43,7 @@ def hard_negative_mask(ce: Tensor, positive: Tensor, neg_pos_ratio: float) -> Te
     order = loss.argsort(dim=1, descending=True, stable=True)
     rank = order.argsort(dim=1)
     num_pos = positive.sum(dim=1, keepdim=True)
-    num_neg = torch.minimum(
-        (neg_pos_ratio * num_pos).floor().long(), positive.shape[1] - num_pos
-    )
+    num_neg = torch.minimum((neg_pos_ratio * num_pos).floor().long(), positive.shape[1] - num_pos)
     return (rank < num_neg) & ~positive
 
 

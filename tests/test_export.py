@@ -79,9 +79,7 @@ def test_export_with_nms_matches_pytorch(tiny: tuple[Config, SSD], tmp_path: Pat
     report = verify_onnx(path, model, _inputs(cfg, 2), settings, with_nms=True)
     assert report.ok, report
     assert report.per_image is not None
-    assert [r.detections_onnx for r in report.per_image] == [
-        r.detections_torch for r in report.per_image
-    ]
+    assert [r.detections_onnx for r in report.per_image] == [r.detections_torch for r in report.per_image]
     assert all(r.detections_onnx > 0 for r in report.per_image)
 
 
@@ -94,9 +92,7 @@ def test_export_with_nms_and_no_detections(tiny: tuple[Config, SSD], tmp_path: P
     assert report.per_image is not None and report.per_image[0].detections_onnx == 0
 
 
-def test_load_model_uses_checkpoint_config_and_weights(
-    tiny: tuple[Config, SSD], tmp_path: Path
-) -> None:
+def test_load_model_uses_checkpoint_config_and_weights(tiny: tuple[Config, SSD], tmp_path: Path) -> None:
     cfg, model = tiny
     ckpt = save_checkpoint({"model": model.state_dict(), "config": config_to_dict(cfg)}, tmp_path / "m.pt")
     cfg2, model2 = load_model(ckpt)

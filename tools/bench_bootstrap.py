@@ -49,9 +49,7 @@ def synthetic(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=360)
     ap.add_argument("--detections", type=int, default=200)
     ap.add_argument("--classes", type=int, default=6)

@@ -53,9 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     base = np.clip(np.asarray(rows, dtype=np.float64), 0.0, 1.0)
     n = args.boxes
     index = np.arange(n) % len(base)
-    boxes = BoxSet(
-        base[index], np.ones(n, np.int64), np.zeros(n, np.int64), ("all",), cfg.priors.image_size
-    )
+    boxes = BoxSet(base[index], np.ones(n, np.int64), np.zeros(n, np.int64), ("all",), cfg.priors.image_size)
     cfg = replace(cfg, **{"data.classes": ("box",)})
     times = []
     for _ in range(args.repeat):

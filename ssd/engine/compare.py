@@ -99,7 +99,11 @@ def variant_config(
     if kind == REFERENCE:
         return base, None
     result = optimize_priors(
-        train_boxes, base.priors, method=kind, max_priors=max_priors, seed=base.seed  # type: ignore[arg-type]
+        train_boxes,
+        base.priors,
+        method=kind,  # type: ignore[arg-type]
+        max_priors=max_priors,
+        seed=base.seed,
     )
     return replace(base, priors=result.priors), result.info
 
@@ -452,9 +456,7 @@ def compare(
             maps=maps,
             seeds=seed_list,
             map_untrained=first.map_untrained,
-            per_class_ap={
-                c: _mean_or_none([r.per_class_ap.get(c) for r in runs]) for c in classes
-            },
+            per_class_ap={c: _mean_or_none([r.per_class_ap.get(c) for r in runs]) for c in classes},
             metric=first.metric or metric,
             fps=fps,
             network_fps=network_fps,

@@ -117,5 +117,3 @@ def torchvision_default_boxes(model: Any, image_size: int = 512) -> Tensor:
     boxes = gen._grid_default_boxes(grid, [image_size, image_size], dtype=torch.float64)
     assert isinstance(boxes, Tensor)
     return boxes
-
-

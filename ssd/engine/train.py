@@ -682,7 +682,10 @@ def _final_report(
         log.warning("end-to-end speed not measured: %s", exc)
         speed = None
     sources: dict[str, object] = {
-        "run": str(out), "checkpoint": str(out / "last.pt"), "iteration": iteration, "split": "val"
+        "run": str(out),
+        "checkpoint": str(out / "last.pt"),
+        "iteration": iteration,
+        "split": "val",
     }
     report = RunReport(metrics, speed, sources)
     title = f"Training run {out.name}: final model, iteration {iteration}, val split"

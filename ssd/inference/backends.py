@@ -58,9 +58,7 @@ class EagerNetwork:
 
     name = "eager"
 
-    def __init__(
-        self, model: nn.Module, precision: str = "fp32", channels_last: bool = False
-    ) -> None:
+    def __init__(self, model: nn.Module, precision: str = "fp32", channels_last: bool = False) -> None:
         self.model = model.eval()
         self.precision = precision
         self.channels_last = channels_last

@@ -51,8 +51,7 @@ def build_model(cfg: Config) -> SSD:
             raise ConfigError(f"model.pretrained: cannot load {path}: {exc}") from exc
         if not isinstance(state, dict) or "classifier.0.weight" not in state:
             raise ConfigError(
-                f"model.pretrained: {path} is not a torchvision VGG-16 state dict "
-                "(no 'classifier.0.weight')"
+                f"model.pretrained: {path} is not a torchvision VGG-16 state dict (no 'classifier.0.weight')"
             )
         try:
             loaded = backbone.load_torchvision_vgg16(state)

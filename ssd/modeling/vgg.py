@@ -147,24 +147,19 @@ class VGG16Backbone(nn.Module):
         (and input for fc7) unit, every 3rd tap of fc6's 7x7 kernel, used with dilation 6.
         Returns the names of the parameters that were loaded. Needs `width_mult == 1`.
         """
-        src_idx = sorted(
-            {int(k.split(".")[1]) for k in state_dict if k.startswith("features.")}
-        )
+        src_idx = sorted({int(k.split(".")[1]) for k in state_dict if k.startswith("features.")})
         src_kinds = []
         for i in src_idx:
             w = state_dict.get(f"features.{i}.weight")
             if w is None:
                 continue
             src_kinds.append((i, "conv" if w.dim() == 4 else "bn"))
-        dst = [
-            (j, m) for j, m in enumerate(self.features) if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))
-        ]
+        dst = [(j, m) for j, m in enumerate(self.features) if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
         src_convs = [i for i, kind in src_kinds if kind == "conv"]
         dst_convs = [m for _, m in dst if isinstance(m, nn.Conv2d)]
         if len(src_convs) != len(dst_convs):
             raise ValueError(
-                f"VGG-16 state dict has {len(src_convs)} convolutions in features, expected "
-                f"{len(dst_convs)}"
+                f"VGG-16 state dict has {len(src_convs)} convolutions in features, expected {len(dst_convs)}"
             )
         src_bns = [i for i, kind in src_kinds if kind == "bn"]
         dst_bns = [m for _, m in dst if isinstance(m, nn.BatchNorm2d)]

@@ -757,4 +757,3 @@ def fit_table_markdown(reports: Mapping[str, FitReport]) -> str:
             vals = " | ".join(_fmt(getattr(reports[n], section)[group].recall, True) for n in names)
             lines.append(f"| {group} | {s.num_gt} | {vals} |")
     return "\n".join(lines) + "\n"
-

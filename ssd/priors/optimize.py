@@ -388,8 +388,7 @@ def chi_priors(
         raise ValueError(f"the chi method needs at least 3 levels, the base has {num_levels}")
     if not (len(base.min_sizes) == len(base.max_sizes) == len(base.aspect_ratios) == num_levels):
         raise ValueError(
-            "the chi method needs min_sizes, max_sizes and aspect_ratios for each of the "
-            f"{num_levels} levels"
+            f"the chi method needs min_sizes, max_sizes and aspect_ratios for each of the {num_levels} levels"
         )
     km = iou_kmeans(wh_px, k, restarts=restarts, seed=seed)
     centres = km.centroids[np.lexsort((km.centroids[:, 1], km.centroids[:, 0]))]  # by width, then height
@@ -612,9 +611,7 @@ def _build_candidates(
                     j = int(np.argmax(score))
                     if score[j] > best_score:
                         best_score, best_row, best_shape = float(score[j]), iou[j : j + 1], part[j : j + 1]
-        if not any(
-            g.shape[0] and ((g == 1).all(axis=1) & ~k).any() for g, k in zip(kept_grid, kept_checker)
-        ):
+        if not any(g.shape[0] and ((g == 1).all(axis=1) & ~k).any() for g, k in zip(kept_grid, kept_checker)):
             # every level needs a head, hence a single-shape candidate: keep its best one
             assert best_row is not None and best_shape is not None
             kept_iou.append(best_row)

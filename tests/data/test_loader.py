@@ -221,9 +221,7 @@ def test_configs_load_and_smoke_model_builds() -> None:
     assert (alu.priors.image_size, t.batch_size, t.lr, t.schedule) == (512, 32, 1e-4, "multistep")
     assert (t.milestones, t.gamma, t.max_iters) == ((40000, 80000), 0.1, 120000)
     neu = load_config(REPO / "configs" / "ssd512_neu.yaml")
-    assert (
-        neu.data.format == "voc" and neu.data.root == "data/neu-det" and len(neu.data.classes) == 6
-    )
+    assert neu.data.format == "voc" and neu.data.root == "data/neu-det" and len(neu.data.classes) == 6
 
 
 @pytest.mark.parametrize("workers", [0, 2])

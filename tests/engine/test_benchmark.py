@@ -197,10 +197,7 @@ class _Fps:
 def test_speed_ratio() -> None:
     r = speed_ratio(_Fps(10.0, 9.0), _Fps(5.0, 3.0))
     assert r.to_dict() == {"network": 2.0, "end_to_end": 3.0}
-    assert (
-        speed_ratio(_Fps(1.0, 1.0), _Fps(0.0, 1.0)).network
-        == math.inf
-    )
+    assert speed_ratio(_Fps(1.0, 1.0), _Fps(0.0, 1.0)).network == math.inf
 
 
 # --------------------------------------------------------------------------- torchvision
@@ -275,6 +272,7 @@ def test_benchmark_with_torchvision_model_interleaves_both(tiny_cfg: Config) -> 
     model = build_model(tiny_cfg)
     tv = _tiny_torchvision_ssd()
     calls: list[str] = []
+
     def hook(name: str) -> Callable[[nn.Module, tuple[Tensor, ...], object], None]:
         def record(m: nn.Module, inputs: tuple[Tensor, ...], out: object) -> None:
             if not inputs[0].is_meta:  # hooks travel with the meta copies used for counting
