@@ -818,7 +818,9 @@ def coverage_priors(
        F = recall@t + `iou_weight` x mean IoU over the sample points, by marginal gain /
        cost^alpha, for each alpha in `alphas` (gain-first to cheap-first) and each cap on the
        number of shapes of the costliest level (partial enumeration of the knapsack split);
-       the run with the highest F (then fewest priors) wins.
+       the run with the highest F (then fewest priors) wins. With `balance` ("class" or "size")
+       the sample points of a box weigh `balance_weights(sample, balance, balance_power)` in F,
+       so rare groups count for more than their share of the training boxes.
 
     `info` holds the budget, the runs (alpha, cap, F, priors), the chosen (level, shape) pairs
     with their marginal gains, and recall / mean IoU over the sample points.
@@ -1066,7 +1068,9 @@ def optimize_coverage(
     the base's number of priors), as a shape-form config. `subgrids`: the sub-grids a shape may
     be put on ("auto" = powers of two, () = cell centres only); `checkerboards` (with sub-grids
     only): each sub-grid also as its checkerboard (`checker_offsets`), twice the copies for a
-    lattice that reaches IoU 0.5 like the sub-grid refined twice in both directions."""
+    lattice that reaches IoU 0.5 like the sub-grid refined twice in both directions; `balance`,
+    `balance_power`: weigh the boxes by `balance_weights` (default: every box alike; to choose
+    the power without held-out data see `select_by_inner_split`)."""
     _check_space(boxes, base)
     base_grid = PriorSet.from_config(base)
     budget = base_grid.num_priors if max_priors is None else int(max_priors)
