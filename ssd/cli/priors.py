@@ -10,7 +10,8 @@ them). Boxes come from ``--annotations PATH --format voc|coco|labelme [--split F
         [--update mean|median] [--restarts 10] [--seed 0]
     ssd-priors sweep --config CFG --k-min 2 --k-max 16 --output-dir DIR
     ssd-priors optimize --config BASE --out NEW.yaml [--method chi|kmeans|coverage]
-        [--max-priors N] [--subgrids none|auto|1x2,2x2,...] [--output-dir DIR]
+        [--max-priors N] [--subgrids none|auto|1x2,2x2,...] [--balance class|size
+        --balance-power P[,P...]] [--output-dir DIR]
 
 ``fit`` reports (labelled) shape IoU and grid IoU, recall@t (the matcher threshold), positives
 per ground truth, per class and size bucket, and the unmatched ground truth by shape; with
@@ -166,7 +167,34 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="coverage: sigma of the log size noise of the sample copies (default 0.3; 0 = off)",
     )
+    o.add_argument(
+        "--balance",
+        choices=("class", "size"),
+        help="coverage: weigh the boxes so that every class, or every size octave (sqrt area < 8, "
+        "8-16, 16-32, ... input px), counts alike, tempered by --balance-power (default: every box alike)",
+    )
+    o.add_argument(
+        "--balance-power",
+        type=_parse_powers,
+        metavar="P[,P...]",
+        help="coverage, with --balance: a box of a group of n weighs n^-P (0 = unbalanced, 1 = every "
+        "group alike; default 1); several values: the one with the best recall on an inner split of "
+        "the fitting images (fit on one half, score on the other, both ways) is used",
+    )
     return ap
+
+
+def _parse_powers(text: str) -> tuple[float, ...]:
+    """'0,0.5,1' -> (0.0, 0.5, 1.0): powers >= 0."""
+    try:
+        out = tuple(float(v) for v in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers such as 0,0.5,1, got {text!r}"
+        ) from exc
+    if not out or any(not v >= 0 for v in out):
+        raise argparse.ArgumentTypeError(f"powers must be >= 0, got {text!r}")
+    return out
 
 
 def _parse_fold(text: str) -> tuple[int, int]:
@@ -531,10 +559,32 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         "jitter": args.jitter,
         "sample_size": args.sample_size,
         "checkerboards": args.checkerboards,
+        "balance": args.balance,
+        "balance_power": args.balance_power,
     }
     given = sorted(k for k, v in optional.items() if v is not None)
     if args.method != "coverage" and given:
         raise UsageError(f"--{given[0].replace('_', '-')} applies to --method coverage only")
+    if args.balance_power is not None and args.balance is None:
+        raise UsageError("--balance-power needs --balance class|size")
+    chosen_by = None
+    if args.balance_power is not None and len(args.balance_power) > 1:
+        from ssd.priors.optimize import select_by_inner_split
+
+        common = {k: v for k, v in optional.items() if v is not None and k != "balance_power"}
+        chosen_by = select_by_inner_split(
+            boxes,
+            cfg.priors,
+            [{"balance_power": p} for p in args.balance_power],
+            max_priors=args.max_priors,
+            iou_threshold=cfg.matcher.iou_threshold,
+            seed=args.seed,
+            restarts=args.restarts,
+            **common,
+        )
+        optional["balance_power"] = chosen_by.options["balance_power"]
+    elif args.balance_power is not None:
+        optional["balance_power"] = args.balance_power[0]
     res = optimize_priors(
         boxes,
         cfg.priors,
@@ -575,6 +625,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         "fit_train": {n: r.to_dict() for n, r in reports.items()},
         "info": res.info.to_dict(),
     }
+    if chosen_by is not None:
+        summary["inner_split"] = chosen_by.to_dict()
     if args.output_dir is not None:
         markdown = (
             f"# Priors: {args.method}\n\nFitted on {source} "
@@ -593,6 +645,16 @@ def cmd_optimize(args: argparse.Namespace) -> int:
             print(
                 f"  level {lvl} (f={new_grid.feature_maps[lvl]}, step {new_grid.steps[lvl]:g}, "
                 f"{len(entries)} per cell): " + _describe_entries(entries)
+            )
+        if chosen_by is not None:
+            print(
+                "balance power chosen on an inner split of the fitting images (held-out recall, "
+                "fitted on half 0 / on half 1): "
+                + ", ".join(
+                    f"{c['balance_power']:g}: {_pct(r[0])} / {_pct(r[1])}"
+                    for c, r in zip(chosen_by.candidates, chosen_by.recall)
+                )
+                + f" -> {chosen_by.options['balance_power']:g}"
             )
         print(f"fit on the training boxes ({source}):")
         print(fit_table_markdown(reports))

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 Method = Literal["chi", "kmeans", "coverage"]
 Subgrids = Literal["auto"] | Sequence[tuple[int, int]]
+Balance = Literal["class", "size"]
+BALANCES: tuple[str, ...] = ("class", "size")
 METHODS: tuple[str, ...] = ("chi", "kmeans", "coverage")
 # Sub-grids (nx, ny) that coverage may put a shape on: nx x ny priors per cell at the offsets
 # `subgrid_offsets(nx, ny)`, a lattice of step (step / nx, step / ny). "auto": on every level
@@ -489,7 +491,19 @@ def _jittered(
     offsets of the particular training boxes. The size noise does the same for the shapes (a
     kernel estimate of the shape distribution): priors fitted to exactly the training shapes
     generalise worse, most of all for the few, varied small boxes."""
-    out = [boxes_px]
+    return _jittered_index(boxes_px, copies, amplitude, image_size, rng, scale_sigma)[0]
+
+
+def _jittered_index(
+    boxes_px: np.ndarray,
+    copies: int,
+    amplitude: float,
+    image_size: int,
+    rng: np.random.Generator,
+    scale_sigma: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`_jittered` and [M] the index of the box every point is a copy of."""
+    out, source = [boxes_px], [np.arange(boxes_px.shape[0])]
     half = 0.5 * (boxes_px[:, 2:] - boxes_px[:, :2])
     for _ in range(copies - 1):
         shift = rng.uniform(-amplitude, amplitude, (boxes_px.shape[0], 2))
@@ -497,7 +511,8 @@ def _jittered(
         moved = translate_inside(boxes_px, shift, image_size, half * scale)
         ok = (moved[:, 2] - moved[:, 0] > 0.5) & (moved[:, 3] - moved[:, 1] > 0.5)
         out.append(moved[ok])
-    return np.concatenate(out)
+        source.append(np.flatnonzero(ok))
+    return np.concatenate(out), np.concatenate(source)
 
 
 @dataclass
@@ -644,6 +659,7 @@ def _greedy(
     min_gain: float,
     batch: int = 32,
     allowed: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
 ) -> tuple[list[int], float, list[dict[str, Any]]]:
     """Lazy greedy (Minoux) maximisation of F = recall@t + iou_weight * mean IoU over the sample
     points, choosing at each step the feasible candidate with the largest gain / cost^alpha.
@@ -653,8 +669,9 @@ def _greedy(
     their bound until the best fresh score beats every remaining bound. A candidate on a sub-grid
     (nx, ny) costs nx * ny shapes of its level. Feasible: the priors of the chosen shapes plus
     one shape for every level still empty fit in `budget`, and at most `max_per_level[l]` shapes
-    on level l; `allowed` [C] (default all) masks candidates out. Levels left empty get their
-    best single shape at the end."""
+    on level l; `allowed` [C] (default all) masks candidates out. `weights` [N] (default all
+    equal) weighs the sample points in both terms of F (normalised to mean 1). Levels left
+    empty get their best single shape at the end."""
     c_count, n = cands.iou.shape
     num_levels = level_cost.shape[0]
     count = cands.count
@@ -663,14 +680,26 @@ def _greedy(
     cur = np.zeros(n, np.float32)
     hit = np.zeros(n, bool)
 
+    wts = None if weights is None else (np.asarray(weights, np.float64) / np.mean(weights)).astype(np.float32)
+
     def gains(idx: np.ndarray) -> np.ndarray:
         m = cands.iou[idx]  # [b, N]
+        if wts is not None:
+            new_w = ((m >= threshold) & ~hit[None, :]) @ wts
+            better_w = np.maximum(m - cur[None, :], 0.0) @ wts
+            weighted: np.ndarray = (new_w.astype(np.float64) + iou_weight * better_w.astype(np.float64)) / n
+            return weighted
         new_hits = ((m >= threshold) & ~hit[None, :]).sum(axis=1)
         better = np.maximum(m - cur[None, :], 0.0).sum(axis=1, dtype=np.float64)
         out: np.ndarray = (new_hits + iou_weight * better) / n
         return out
 
-    upper = ((cands.iou >= threshold).sum(axis=1) + iou_weight * cands.iou.sum(axis=1, dtype=np.float64)) / n
+    if wts is None:
+        upper = (
+            (cands.iou >= threshold).sum(axis=1) + iou_weight * cands.iou.sum(axis=1, dtype=np.float64)
+        ) / n
+    else:
+        upper = (((cands.iou >= threshold) @ wts) + iou_weight * (cands.iou @ wts)).astype(np.float64) / n
     standalone = upper.copy()
     taken = np.zeros(c_count, bool) if allowed is None else ~np.asarray(allowed, bool)
     per_level = np.zeros(num_levels, np.int64)
@@ -732,7 +761,10 @@ def _greedy(
         g = gains(idx)
         key = np.lexsort((-standalone[idx], -g))
         select(int(idx[key[0]]), float(g[key[0]]))
-    score = (int(hit.sum()) + iou_weight * float(cur.astype(np.float64).sum())) / n
+    if wts is None:
+        score = (int(hit.sum()) + iou_weight * float(cur.astype(np.float64).sum())) / n
+    else:
+        score = (float(hit @ wts) + iou_weight * float(cur @ wts)) / n
     return chosen, score, trace
 
 
@@ -757,6 +789,8 @@ def coverage_priors(
     subgrids: Subgrids = SUBGRIDS,
     subgrid_max_ratio: float = 2.0,
     checkerboards: bool = False,
+    balance: Balance | None = None,
+    balance_power: float = 1.0,
 ) -> tuple[list[list[Entry]], dict[str, Any]]:
     """Coverage-optimised priors (ours): per level shape-form entries (input pixels: (w, h), or
     (w, h, dx, dy) for a shape at a sub-cell offset) plus a description.
@@ -784,7 +818,9 @@ def coverage_priors(
        F = recall@t + `iou_weight` x mean IoU over the sample points, by marginal gain /
        cost^alpha, for each alpha in `alphas` (gain-first to cheap-first) and each cap on the
        number of shapes of the costliest level (partial enumeration of the knapsack split);
-       the run with the highest F (then fewest priors) wins.
+       the run with the highest F (then fewest priors) wins. With `balance` ("class" or "size")
+       the sample points of a box weigh `balance_weights(sample, balance, balance_power)` in F,
+       so rare groups count for more than their share of the training boxes.
 
     `info` holds the budget, the runs (alpha, cap, F, priors), the chosen (level, shape) pairs
     with their marginal gains, and recall / mean IoU over the sample points.
@@ -809,7 +845,8 @@ def coverage_priors(
         sample = boxes
     wh = sample.wh_px
     amplitude = default_shift_amplitude(steps) if jitter_px is None else float(jitter_px)
-    points = _jittered(sample.boxes_px, copies, amplitude, boxes.image_size, rng, jitter_scale)
+    points, source = _jittered_index(sample.boxes_px, copies, amplitude, boxes.image_size, rng, jitter_scale)
+    weights = None if balance is None else balance_weights(sample, balance, balance_power)[source]
     shapes = _candidate_base_shapes(wh, num_levels, base_shapes, restarts=restarts, seed=seed)
     cands = _build_candidates(
         points,
@@ -852,6 +889,7 @@ def coverage_priors(
                     caps,
                     min_gain,
                     allowed=allowed,
+                    weights=weights,
                 )
                 priors = int((level_cost[cands.level[chosen]] * cands.count[chosen]).sum())
                 runs.append(
@@ -883,6 +921,7 @@ def coverage_priors(
         "subgrid_candidates": int((cands.count > 1).sum()),
         "subgrids": "auto" if subgrids == "auto" else [list(g) for g in subgrids],
         "iou_weight": iou_weight,
+        **({} if balance is None else {"balance": balance, "balance_power": float(balance_power)}),
         "alpha": alpha,
         "runs": runs,
         "sample_points": int(points.shape[0]),
@@ -981,6 +1020,30 @@ def _with_checkerboards(
     return out
 
 
+def balance_weights(boxes: BoxSet, balance: Balance, power: float = 1.0) -> np.ndarray:
+    """[G] weight of every box for a coverage objective balanced by `balance`: "class" groups
+    the boxes by label, "size" by octave of sqrt area in input pixels (< 8, 8-16, 16-32, ...).
+    A box of a group of n boxes weighs n^-`power` (normalised to mean 1): 0 = every box alike,
+    1 = every group alike, in between a tempered balance. Rare groups (a class of a few photos,
+    the smallest boxes) then count for more than their share of the fitting boxes, as a hedge
+    against their share among new photos."""
+    if boxes.num_boxes == 0:
+        raise ValueError("no boxes to weigh")
+    if not power >= 0:
+        raise ValueError(f"balance power must be >= 0, got {power}")
+    if balance == "class":
+        groups = np.asarray(boxes.labels, np.int64)
+    elif balance == "size":
+        wh = boxes.wh_px
+        groups = np.maximum(np.floor(np.log2(np.sqrt(wh[:, 0] * wh[:, 1]) / 4.0)), 0).astype(np.int64)
+    else:
+        raise ValueError(f"balance must be one of {list(BALANCES)}, got {balance!r}")
+    _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    w = counts[inverse].astype(np.float64) ** -float(power)
+    out: np.ndarray = w / w.mean()
+    return out
+
+
 def optimize_coverage(
     boxes: BoxSet,
     base: PriorsConfig,
@@ -998,12 +1061,16 @@ def optimize_coverage(
     jitter_px: float | None = None,
     min_gain: float = MIN_GAIN,
     checkerboards: bool = False,
+    balance: Balance | None = None,
+    balance_power: float = 1.0,
 ) -> OptimizeResult:
     """Our coverage optimizer (`coverage_priors`) fitted to `boxes` within `max_priors` (default:
     the base's number of priors), as a shape-form config. `subgrids`: the sub-grids a shape may
     be put on ("auto" = powers of two, () = cell centres only); `checkerboards` (with sub-grids
     only): each sub-grid also as its checkerboard (`checker_offsets`), twice the copies for a
-    lattice that reaches IoU 0.5 like the sub-grid refined twice in both directions."""
+    lattice that reaches IoU 0.5 like the sub-grid refined twice in both directions; `balance`,
+    `balance_power`: weigh the boxes by `balance_weights` (default: every box alike; to choose
+    the power without held-out data see `select_by_inner_split`)."""
     _check_space(boxes, base)
     base_grid = PriorSet.from_config(base)
     budget = base_grid.num_priors if max_priors is None else int(max_priors)
@@ -1026,11 +1093,113 @@ def optimize_coverage(
         jitter_px=jitter_px,
         min_gain=min_gain,
         checkerboards=checkerboards,
+        balance=balance,
+        balance_power=balance_power,
     )
     res = _result(base, levels, info)
     if res.grid.num_priors > budget:  # pragma: no cover - greedy invariant
         raise AssertionError(f"coverage produced {res.grid.num_priors} priors > budget {budget}")
     return res
+
+
+def image_halves(boxes: BoxSet, seed: int = 0) -> np.ndarray:
+    """[G] half (0 or 1) of every box: the half of its image, the images with boxes grouped by
+    their most frequent label, each group ordered by image id, shuffled with
+    `numpy.random.default_rng(seed)` and dealt in turn (as `ssd.data.records.image_folds` with
+    two folds), so both halves get about the same share of every class."""
+    labels = np.asarray(boxes.labels, np.int64)
+    images = np.unique(boxes.image_index)
+    groups: dict[int, list[int]] = {}
+    for img in images:
+        groups.setdefault(int(np.bincount(labels[boxes.image_index == img]).argmax()), []).append(int(img))
+    rng = np.random.default_rng(seed)
+    half_of: dict[int, int] = {}
+    for key in sorted(groups):
+        members = sorted(groups[key], key=lambda i: boxes.image_ids[i])
+        for rank, j in enumerate(rng.permutation(len(members))):
+            half_of[members[j]] = rank % 2
+    return np.array([half_of[int(i)] for i in boxes.image_index], np.int64)
+
+
+@dataclass(frozen=True)
+class InnerSplitChoice:
+    """What `select_by_inner_split` measured: for every candidate (its options), the held-out
+    recall of each direction (fitted on half 0 scored on half 1, and the reverse), over all
+    boxes and over the boxes of at least `large_side` x `large_side` input px (sqrt area), and
+    the index of the chosen candidate."""
+
+    candidates: tuple[dict[str, Any], ...]
+    recall: tuple[tuple[float, float], ...]
+    recall_large: tuple[tuple[float, float], ...]
+    chosen: int
+    large_side: float
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.candidates[self.chosen])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "chosen": self.chosen,
+            "large_side": self.large_side,
+            "candidates": [
+                {"options": dict(c), "recall": list(r), "recall_large": list(rl)}
+                for c, r, rl in zip(self.candidates, self.recall, self.recall_large)
+            ],
+        }
+
+
+def select_by_inner_split(
+    boxes: BoxSet,
+    base: PriorsConfig,
+    candidates: Sequence[Mapping[str, Any]],
+    *,
+    max_priors: int | None = None,
+    iou_threshold: float = 0.5,
+    seed: int = 0,
+    large_side: float = 32.0,
+    **options: Any,
+) -> InnerSplitChoice:
+    """Choose among option sets of `optimize_coverage` without held-out data: the images of
+    `boxes` are split in two (`image_halves`), every candidate (`options` updated by it) is
+    fitted on each half and scored on the other (grid recall@`iou_threshold`), and the candidate
+    with the best mean held-out recall wins; ties go to the better recall of the boxes of at
+    least `large_side` px (sqrt area), then to the earlier candidate. The halves hold half the
+    boxes each, so the choice is noisy where boxes are few: offer few, distinct candidates."""
+    from ssd.priors.fit import grid_stats
+
+    if not candidates:
+        raise ValueError("select_by_inner_split needs at least one candidate")
+    halves = image_halves(boxes, seed)
+    if not ((halves == 0).any() and (halves == 1).any()):
+        raise ValueError("an inner split needs boxes in at least two images")
+    parts = [boxes.subset(halves == k) for k in (0, 1)]
+    recall, recall_large = [], []
+    for cand in candidates:
+        r, rl = [], []
+        for k in (0, 1):
+            fit, held = parts[k], parts[1 - k]
+            res = optimize_coverage(
+                fit,
+                base,
+                max_priors=max_priors,
+                iou_threshold=iou_threshold,
+                seed=seed,
+                **{**options, **cand},
+            )
+            hit = grid_stats(res.grid, held, iou_threshold, positives=False).best_iou >= iou_threshold
+            wh = held.wh_px
+            large = np.sqrt(wh[:, 0] * wh[:, 1]) >= large_side
+            r.append(float(hit.mean()))
+            rl.append(float(hit[large].mean()) if large.any() else 1.0)
+        recall.append((r[0], r[1]))
+        recall_large.append((rl[0], rl[1]))
+        log.info("inner split: %s: held-out recall %.4f / %.4f", dict(cand), r[0], r[1])
+    keys = [(-sum(r), -sum(rl), i) for i, (r, rl) in enumerate(zip(recall, recall_large))]
+    chosen = min(keys)[2]
+    return InnerSplitChoice(
+        tuple(dict(c) for c in candidates), tuple(recall), tuple(recall_large), chosen, float(large_side)
+    )
 
 
 def optimize_priors(

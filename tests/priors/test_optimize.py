@@ -472,3 +472,97 @@ def test_checkerboard_reaches_spots_at_half_the_price_of_a_2x2_sub_grid() -> Non
     assert (fit_report(square.grid, val, ["spot"]).recall or 0.0) < 0.93  # measured: 0.887
     plain = optimize_priors(train, SMALL, subgrids=(), checkerboards=True, **opts)
     assert not any(c["checkerboard"] for c in plain.info.details["chosen"])  # only with sub-grids
+
+
+def test_balance_weights_give_every_group_its_share() -> None:
+    wh = np.array([[4, 4], [6, 6], [20, 20], [30, 30], [40, 40], [50, 50], [60, 60], [200, 10]], float)
+    rel = np.concatenate([np.zeros((8, 2)), wh], axis=1) / 512
+    labels = np.array([1, 1, 2, 2, 2, 2, 2, 3])
+    boxes = BoxSet(rel, labels, np.arange(8), tuple(str(i) for i in range(8)), 512)
+    w = op.balance_weights(boxes, "class")
+    assert w.mean() == pytest.approx(1.0)
+    assert [w[labels == c].sum() for c in (1, 2, 3)] == pytest.approx([8 / 3] * 3)
+    # size octaves of sqrt area: < 8 (2 boxes), 16-32 (2), 32-64 (3 with the 200 x 10 band)
+    s = op.balance_weights(boxes, "size")
+    assert s[:2].sum() == pytest.approx(s[2:4].sum()) and s[4:].sum() == pytest.approx(s[:2].sum())
+    half = op.balance_weights(boxes, "size", 0.5)
+    assert half[0] / half[4] == pytest.approx(np.sqrt(4 / 2))
+    assert op.balance_weights(boxes, "class", 0.0) == pytest.approx(np.ones(8))
+    with pytest.raises(ValueError, match="balance must be one of"):
+        op.balance_weights(boxes, "shape")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="power must be >= 0"):
+        op.balance_weights(boxes, "size", -1.0)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+def test_weighted_greedy_equals_greedy_on_repeated_points(alpha: float) -> None:
+    """Integer point weights are the same as repeating the points: same choice, same score."""
+    rng = np.random.default_rng(5)
+    level = np.repeat(np.arange(3), 8)
+    iou = (rng.uniform(0, 1, (24, 40)) ** 3).astype(np.float32)
+    shapes = rng.uniform(5, 50, (24, 2))
+    weights = rng.integers(1, 5, 40)
+    weighted = op._Candidates(level, shapes, iou)
+    repeated = op._Candidates(level, shapes, np.repeat(iou, weights, axis=1))
+    cost, caps = np.array([16, 4, 1]), np.full(3, 6)
+    a, score_a, _ = op._greedy(weighted, cost, 80, alpha, 0.5, 0.5, caps, 1e-4, weights=weights)
+    b, score_b, _ = op._greedy(repeated, cost, 80, alpha, 0.5, 0.5, caps, 1e-4)
+    plain, _, _ = op._greedy(weighted, cost, 80, alpha, 0.5, 0.5, caps, 1e-4)
+    assert a == b and score_a == pytest.approx(score_b, rel=1e-5)
+    assert plain != a  # the weights change the choice
+
+
+def spots_and_blobs(n: int, seed: int, size: int = 64) -> BoxSet:
+    """90% blobs of 20-40 px and 10% spots of 10-12 px (the rare group), anywhere in a 64 px input."""
+    rng = np.random.default_rng(seed)
+    spot = rng.uniform(0, 1, n) < 0.1
+    wh = np.where(spot[:, None], rng.uniform(10, 12, (n, 2)), rng.uniform(20, 40, (n, 2)))
+    c = rng.uniform(wh / 2, size - wh / 2)
+    rel = np.concatenate([c - wh / 2, c + wh / 2], axis=1) / size
+    return BoxSet(rel, spot.astype(np.int64) + 1, np.arange(n), tuple(str(i % 40) for i in range(n)), size)
+
+
+def test_size_balance_buys_the_rare_small_boxes() -> None:
+    """Room for a second shape on the 8 x 8 level or five coarser ones: unweighted, the blobs
+    win it; balanced by size, the spots (10% of the boxes) get their own stride-8 shape."""
+    train, val = spots_and_blobs(400, seed=1), spots_and_blobs(400, seed=2)
+    opts: dict[str, object] = {
+        "max_priors": 64 + 16 + 4 + 1 + 64,
+        "sample_size": 3200,
+        "max_shapes_per_level": 8,
+    }
+    plain = optimize_priors(train, SMALL, method="coverage", **opts)
+    balanced = optimize_priors(train, SMALL, method="coverage", balance="size", **opts)
+    assert balanced.info.details["balance"] == "size" and "balance" not in plain.info.details
+    r_plain, r_bal = (
+        fit_report(plain.grid, val, ["blob", "spot"]),
+        fit_report(balanced.grid, val, ["blob", "spot"]),
+    )
+    assert r_bal.per_class["spot"].recall > r_plain.per_class["spot"].recall + 0.3  # measured: 0.14 -> 0.61
+
+
+def test_image_halves_split_images_stratified_by_class() -> None:
+    boxes = spots_and_blobs(400, seed=3)  # 40 images, 10 boxes each
+    halves = op.image_halves(boxes, seed=0)
+    assert set(halves.tolist()) == {0, 1}
+    for img in np.unique(boxes.image_index):
+        assert np.unique(halves[boxes.image_index == img]).size == 1  # an image stays whole
+    assert np.array_equal(halves, op.image_halves(boxes, seed=0))
+    assert not np.array_equal(halves, op.image_halves(boxes, seed=1))
+
+
+def test_select_by_inner_split_picks_the_best_held_out_recall() -> None:
+    boxes = spots_and_blobs(300, seed=4)
+    common = {"max_priors": 64 + 16 + 4 + 1 + 6, "sample_size": 1200, "max_shapes_per_level": 8}
+    cands = [{"balance_power": 0.0}, {"balance_power": 1.0}]
+    choice = op.select_by_inner_split(boxes, SMALL, cands, balance="size", **common)
+    means = [sum(r) for r in choice.recall]
+    assert choice.chosen == int(np.argmax(means)) and choice.options == cands[choice.chosen]
+    # the recorded figures are the held-out recall of a fit on one half scored on the other
+    halves = op.image_halves(boxes)
+    fit = optimize_priors(boxes.subset(halves == 0), SMALL, balance="size", balance_power=1.0, **common)
+    held = boxes.subset(halves == 1)
+    assert choice.recall[1][0] == pytest.approx(fit_report(fit.grid, held, ["blob", "spot"]).recall)
+    assert choice.to_dict()["candidates"][1]["options"] == {"balance_power": 1.0}
+    with pytest.raises(ValueError, match="at least one candidate"):
+        op.select_by_inner_split(boxes, SMALL, [])

@@ -291,3 +291,23 @@ def test_optimize_subgrid_options(dataset: dict[str, Path], capsys: pytest.Captu
         main([*base, "--out", str(dataset["tmp"] / "bad.yaml"), "--subgrids", "2by2"])
     assert exit_info.value.code == 2
     assert "NXxNY" in capsys.readouterr().err
+
+
+def test_optimize_balance_options(dataset: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["optimize", "--config", str(dataset["cfg"]), "--sample-size", "400", "--restarts", "1"]
+    one = run(capsys, [*base, "--out", str(dataset["tmp"] / "bal.yaml"), "--balance", "class"])
+    assert one["info"]["balance"] == "class" and one["info"]["balance_power"] == 1.0
+    assert "inner_split" not in one and one["num_priors"] <= 24564
+    out = dataset["tmp"] / "inner.yaml"
+    res = run(capsys, [*base, "--out", str(out), "--balance", "size", "--balance-power", "0,1"])
+    inner = res["inner_split"]
+    assert [c["options"] for c in inner["candidates"]] == [{"balance_power": 0.0}, {"balance_power": 1.0}]
+    means = [sum(c["recall"]) for c in inner["candidates"]]
+    assert means[inner["chosen"]] == max(means)
+    assert res["info"]["balance_power"] == inner["candidates"][inner["chosen"]]["options"]["balance_power"]
+    assert load_config(out).priors.shapes  # the written config loads
+    assert main([*base, "--out", str(out), "--balance-power", "0.5"]) == 2
+    assert "--balance-power needs --balance" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main([*base, "--out", str(out), "--balance", "size", "--balance-power", "-1"])
+    assert exit_info.value.code == 2
