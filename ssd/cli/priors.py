@@ -181,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
         "group alike; default 1); several values: the one with the best recall on an inner split of "
         "the fitting images (fit on one half, score on the other, both ways) is used",
     )
+    o.add_argument(
+        "--fits",
+        type=int,
+        help="coverage: fit N times (seeds SEED .. SEED+N-1: other jittered samples and k-means "
+        "starts) and keep the fit with the best objective on an independent jittered sample of "
+        "the same boxes (default 1)",
+    )
     return ap
 
 
@@ -561,6 +568,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         "checkerboards": args.checkerboards,
         "balance": args.balance,
         "balance_power": args.balance_power,
+        "fits": args.fits,
     }
     given = sorted(k for k, v in optional.items() if v is not None)
     if args.method != "coverage" and given:
@@ -655,6 +663,15 @@ def cmd_optimize(args: argparse.Namespace) -> int:
                     for c, r in zip(chosen_by.candidates, chosen_by.recall)
                 )
                 + f" -> {chosen_by.options['balance_power']:g}"
+            )
+        fits = res.info.details_dict().get("fits") if args.method == "coverage" else None
+        if fits:
+            print(
+                "fits (seed: objective on its own sample / on an independent sample): "
+                + ", ".join(
+                    f"{f['seed']}: {f['sample_objective']:.4f} / {f['holdout_objective']:.4f}" for f in fits
+                )
+                + f" -> seed {res.info.details_dict()['fit_seed']}"
             )
         print(f"fit on the training boxes ({source}):")
         print(fit_table_markdown(reports))

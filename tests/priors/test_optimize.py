@@ -566,3 +566,51 @@ def test_select_by_inner_split_picks_the_best_held_out_recall() -> None:
     assert choice.to_dict()["candidates"][1]["options"] == {"balance_power": 1.0}
     with pytest.raises(ValueError, match="at least one candidate"):
         op.select_by_inner_split(boxes, SMALL, [])
+
+
+def test_objective_on_points_matches_brute_force_iou() -> None:
+    """F = weighted recall@t + w x weighted mean best IoU, with the best IoU over every prior
+    of the grid computed directly (torchvision box_iou), sub-cell offsets included."""
+    import torch
+    from torchvision.ops import box_convert, box_iou
+
+    checker = ((9.0, 11.0, -0.25, -0.25), (9.0, 11.0, 0.25, 0.25))
+    cfg = dataclasses.replace(SMALL, shapes=(checker, ((24.0, 18.0),), ((40.0, 30.0),), ((60.0, 20.0),)))
+    grid = PriorSet.from_config(cfg)
+    boxes = spots_and_blobs(150, seed=6)
+    weights = np.random.default_rng(0).uniform(0.5, 2.0, boxes.num_boxes)
+    priors = box_convert(grid.priors().double(), "cxcywh", "xyxy")
+    best = box_iou(torch.from_numpy(boxes.boxes), priors).max(dim=1).values.numpy()
+    for w in (None, weights):
+        ww = np.ones(boxes.num_boxes) if w is None else w
+        expected = (((best >= 0.5) * ww).sum() + 0.2 * (best * ww).sum()) / ww.sum()
+        assert op.objective_on_points(grid, boxes, 0.5, 0.2, w) == pytest.approx(expected, rel=1e-6)
+
+
+def test_fits_keep_the_fit_with_the_best_objective_on_an_independent_sample() -> None:
+    boxes = spots_and_blobs(200, seed=5)
+    opts: dict[str, object] = {
+        "max_priors": 64 + 16 + 4 + 1 + 20,
+        "sample_size": 1600,
+        "max_shapes_per_level": 8,
+    }
+    res = optimize_priors(boxes, SMALL, method="coverage", balance="size", fits=3, seed=4, **opts)
+    fits = res.info.details["fits"]
+    assert [f["seed"] for f in fits] == [4, 5, 6]
+    singles = [
+        optimize_priors(boxes, SMALL, method="coverage", balance="size", seed=s, **opts) for s in (4, 5, 6)
+    ]
+    assert "fits" not in singles[0].info.details_dict()  # one fit: the result as before
+    for f, single in zip(fits, singles):
+        # every recorded figure is the single fit's, scored on the sample seeded by the first seed
+        assert f["num_priors"] == single.grid.num_priors
+        held = op.holdout_objective(single.grid, boxes, seed=4, balance="size", sample_size=1600)
+        assert f["holdout_objective"] == pytest.approx(held)
+        assert f["sample_objective"] == max(r["objective"] for r in single.info.details["runs"])
+    best = max(range(3), key=lambda k: (fits[k]["holdout_objective"], -fits[k]["num_priors"], -k))
+    assert res.info.details["fit_seed"] == 4 + best
+    assert res.priors.shapes == singles[best].priors.shapes
+    # the evaluation sample is not any fit's own: the objectives differ from what the fits saw
+    assert all(f["holdout_objective"] != f["sample_objective"] for f in fits)
+    with pytest.raises(ValueError, match="fits must be >= 1"):
+        optimize_priors(boxes, SMALL, method="coverage", fits=0, **opts)

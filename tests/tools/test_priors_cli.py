@@ -311,3 +311,20 @@ def test_optimize_balance_options(dataset: dict[str, Path], capsys: pytest.Captu
     with pytest.raises(SystemExit) as exit_info:
         main([*base, "--out", str(out), "--balance", "size", "--balance-power", "-1"])
     assert exit_info.value.code == 2
+
+
+def test_optimize_fits_option(dataset: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["optimize", "--config", str(dataset["cfg"]), "--sample-size", "400", "--restarts", "1"]
+    out = dataset["tmp"] / "fits.yaml"
+    res = run(capsys, [*base, "--out", str(out), "--fits", "2", "--seed", "3"])
+    fits = res["info"]["fits"]
+    assert [f["seed"] for f in fits] == [3, 4] and res["info"]["fit_seed"] in (3, 4)
+    chosen = next(f for f in fits if f["seed"] == res["info"]["fit_seed"])
+    assert chosen["holdout_objective"] == max(f["holdout_objective"] for f in fits)
+    assert chosen["num_priors"] == res["num_priors"] <= 24564 and load_config(out).priors.shapes
+    assert main([*base, "--out", str(out), "--fits", "2"]) == 0  # the text report names the fits
+    assert (
+        "fits (seed: objective on its own sample / on an independent sample): 0: " in capsys.readouterr().out
+    )
+    assert main([*base, "--out", str(out), "--method", "kmeans", "--fits", "2"]) == 2
+    assert "--fits applies to --method coverage only" in capsys.readouterr().err
