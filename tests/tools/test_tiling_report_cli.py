@@ -15,7 +15,7 @@ from ssd.modeling.build import build_model
 from tests.conftest import TINY_PRIORS, synthetic_data
 
 
-def _run(folder: Path, data_root: Path, tiling: dict[str, object]) -> Path:
+def _run(folder: Path, data_root: Path, tiling: dict[str, object], seed: int = 0) -> Path:
     cfg = config_from_dict(
         {
             "data": synthetic_data(8, (320, 240), root=str(data_root)),
@@ -25,7 +25,7 @@ def _run(folder: Path, data_root: Path, tiling: dict[str, object]) -> Path:
             "postprocess": {"score_threshold": 0.05, "top_k": 50, "max_detections": 50},
         }
     )
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = build_model(cfg)
     folder.mkdir(parents=True)
     save_config(cfg, folder / "config.yaml")
@@ -55,3 +55,29 @@ def test_report_of_an_untiled_and_a_tiled_run(tmp_path: Path, capsys: pytest.Cap
     assert "| tiled |" in md and "small boxes" in md
     assert json.loads((out / "report.json").read_text())["tiled"]["num_images"] == 2
     assert main(["--run", "nodir"]) == 2
+
+
+def test_seeds_are_compared_with_the_first_variant(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    untiled = [_run(tmp_path / f"u{s}", data, {}, seed=s) for s in (0, 1)]
+    # a single window covering the image: per seed the same detections as untiled
+    single = [
+        _run(tmp_path / f"s{s}", data, {"enabled": True, "scale": 1.0, "tile": 512}, seed=s) for s in (0, 1)
+    ]
+    tiled = _run(tmp_path / "t0", data, {"enabled": True, "scale": 1.0, "tile": 160, "overlap": 32})
+    runs = ["--run", f"untiled={untiled[0]},{untiled[1]}", "--run", f"single={single[0]},{single[1]}"]
+    assert main([*runs, "--run", f"tiled={tiled}", "--fps-iters", "1", "--resamples", "200", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    u, s, t = rep["untiled"]["seeds"], rep["single"]["seeds"], rep["tiled"]["seeds"]
+    assert u["runs"] == [str(p) for p in untiled] and u["delta_map"] is None and u["verdict"] is None
+    assert u["mAP"][0] == rep["untiled"]["mAP"]  # the first folder is the one detailed and timed
+    assert s["mAP"] == u["mAP"] and s["delta_map"] == 0.0 and s["delta_ci"] == [0.0, 0.0]
+    assert s["verdict"] == "no detectable difference"
+    assert t["mean_mAP"] == t["mAP"][0] == rep["tiled"]["mAP"]
+    assert t["delta_map"] == pytest.approx(t["mAP"][0] - sum(u["mAP"]) / 2)
+    lo, hi = t["delta_ci"]
+    assert lo <= hi and t["verdict"] in ("better", "worse", "no detectable difference")
+    assert main(["--run", f"untiled={untiled[0]}", "--run", f"untiled={untiled[1]}"]) == 2  # a name twice
+    assert "with a new NAME" in capsys.readouterr().err
