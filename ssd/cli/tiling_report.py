@@ -72,10 +72,13 @@ def main(argv: list[str] | None = None) -> int:
                     score_run(path, checkpoint=args.checkpoint, split=args.split, device=args.device)
                 )
             results[name] = time_run(scored[name][0], device=args.device, fps_iters=args.fps_iters)
+    except USAGE_ERRORS as exc:
+        return fail(str(exc))
+    try:  # runs scored on other images cannot be compared
         seeds = (
             compare_seeds(scored, resamples=args.resamples, seed=args.bootstrap_seed) if len(runs) > 1 else []
         )
-    except USAGE_ERRORS as exc:
+    except ValueError as exc:
         return fail(str(exc))
     text = report_markdown(results)
     as_json = {name: r.to_dict() for name, r in results.items()}

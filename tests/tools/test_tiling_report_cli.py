@@ -15,10 +15,10 @@ from ssd.modeling.build import build_model
 from tests.conftest import TINY_PRIORS, synthetic_data
 
 
-def _run(folder: Path, data_root: Path, tiling: dict[str, object], seed: int = 0) -> Path:
+def _run(folder: Path, data_root: Path, tiling: dict[str, object], seed: int = 0, images: int = 8) -> Path:
     cfg = config_from_dict(
         {
-            "data": synthetic_data(8, (320, 240), root=str(data_root)),
+            "data": synthetic_data(images, (320, 240), root=str(data_root)),
             "model": {"width_mult": 0.0625},
             "priors": TINY_PRIORS,
             "input": {"tiling": tiling},
@@ -79,5 +79,8 @@ def test_seeds_are_compared_with_the_first_variant(
     assert t["delta_map"] == pytest.approx(t["mAP"][0] - sum(u["mAP"]) / 2)
     lo, hi = t["delta_ci"]
     assert lo <= hi and t["verdict"] in ("better", "worse", "no detectable difference")
+    other = _run(tmp_path / "other", tmp_path / "data2", {}, images=4)  # another validation split
+    assert main(["--run", f"untiled={untiled[0]}", "--run", f"other={other}", "--fps-iters", "1"]) == 2
+    assert "scored on other images" in capsys.readouterr().err
     assert main(["--run", f"untiled={untiled[0]}", "--run", f"untiled={untiled[1]}"]) == 2  # a name twice
     assert "with a new NAME" in capsys.readouterr().err
