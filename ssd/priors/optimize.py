@@ -36,7 +36,7 @@ from typing import Any, Final, Literal
 import numpy as np
 
 from ssd.config import PriorsConfig
-from ssd.priors.fit import BoxSet, default_shift_amplitude, lattice_best_iou_xy, translate_inside
+from ssd.priors.fit import BoxSet, default_shift_amplitude, grid_stats, lattice_best_iou_xy, translate_inside
 from ssd.priors.generator import Offset, PriorSet, Shape, shape_entry
 from ssd.priors.kmeans import KMeansResult, iou_kmeans
 from ssd.priors.writer import Entry, rounded_entry
@@ -836,17 +836,11 @@ def coverage_priors(
     if boxes.num_boxes == 0:
         raise ValueError("no ground-truth boxes to fit priors to")
     rng = np.random.default_rng(seed)
-    copies = max(1, int(jitter))
-    per_copy = max(1, sample_size // copies)
-    if boxes.num_boxes > per_copy:
-        idx = np.sort(rng.choice(boxes.num_boxes, size=per_copy, replace=False))
-        sample = boxes.subset(idx)
-    else:
-        sample = boxes
-    wh = sample.wh_px
     amplitude = default_shift_amplitude(steps) if jitter_px is None else float(jitter_px)
-    points, source = _jittered_index(sample.boxes_px, copies, amplitude, boxes.image_size, rng, jitter_scale)
-    weights = None if balance is None else balance_weights(sample, balance, balance_power)[source]
+    sample, points, _, weights = _sample_points(
+        boxes, rng, sample_size, jitter, amplitude, jitter_scale, balance, balance_power
+    )
+    wh = sample.wh_px
     shapes = _candidate_base_shapes(wh, num_levels, base_shapes, restarts=restarts, seed=seed)
     cands = _build_candidates(
         points,
@@ -1180,18 +1174,38 @@ def holdout_objective(
     scaled by exp(N(0, `jitter_scale`^2))), but from the generator
     `numpy.random.default_rng([seed, 0x5A4D])`: a sample independent of every fit's."""
     rng = np.random.default_rng([int(seed), _HOLDOUT_STREAM])
+    amplitude = default_shift_amplitude(grid.steps) if jitter_px is None else float(jitter_px)
+    sample, points, source, weights = _sample_points(
+        boxes, rng, sample_size, jitter, amplitude, jitter_scale, balance, balance_power
+    )
+    size = boxes.image_size
+    labels, images = sample.labels[source], sample.image_index[source]
+    jittered = BoxSet(points / size, labels, images, sample.image_ids, size)
+    return objective_on_points(grid, jittered, iou_threshold, iou_weight, weights)
+
+
+def _sample_points(
+    boxes: BoxSet,
+    rng: np.random.Generator,
+    sample_size: int,
+    jitter: int,
+    amplitude: float,
+    jitter_scale: float,
+    balance: Balance | None,
+    balance_power: float,
+) -> tuple[BoxSet, np.ndarray, np.ndarray, np.ndarray | None]:
+    """The sample points of the coverage objective: at most `sample_size / jitter` of `boxes`
+    (a seeded subset when there are more), each in `jitter` copies (`_jittered_index`), and
+    their weights with `balance` (else None). Returns (sampled boxes, points [M, 4] xyxy input
+    pixels, the sampled box of every point [M], weights [M] or None)."""
     copies = max(1, int(jitter))
     per_copy = max(1, sample_size // copies)
     sample = boxes
     if boxes.num_boxes > per_copy:
         sample = boxes.subset(np.sort(rng.choice(boxes.num_boxes, size=per_copy, replace=False)))
-    amplitude = default_shift_amplitude(grid.steps) if jitter_px is None else float(jitter_px)
     points, source = _jittered_index(sample.boxes_px, copies, amplitude, boxes.image_size, rng, jitter_scale)
-    size = boxes.image_size
-    labels, images = sample.labels[source], sample.image_index[source]
-    jittered = BoxSet(points / size, labels, images, sample.image_ids, size)
     weights = None if balance is None else balance_weights(sample, balance, balance_power)[source]
-    return objective_on_points(grid, jittered, iou_threshold, iou_weight, weights)
+    return sample, points, source, weights
 
 
 def objective_on_points(
@@ -1199,8 +1213,6 @@ def objective_on_points(
 ) -> float:
     """F = recall@`iou_threshold` + `iou_weight` x mean best IoU of `points` over `grid`'s priors,
     every point weighing `weights` (default alike): the objective `_greedy` maximises."""
-    from ssd.priors.fit import grid_stats
-
     best = grid_stats(grid, points, iou_threshold, positives=False).best_iou.astype(np.float64)
     w = np.ones_like(best) if weights is None else np.asarray(weights, np.float64)
     return float(((best >= iou_threshold) @ w + iou_weight * (best @ w)) / w.sum())
@@ -1270,8 +1282,6 @@ def select_by_inner_split(
     with the best mean held-out recall wins; ties go to the better recall of the boxes of at
     least `large_side` px (sqrt area), then to the earlier candidate. The halves hold half the
     boxes each, so the choice is noisy where boxes are few: offer few, distinct candidates."""
-    from ssd.priors.fit import grid_stats
-
     if not candidates:
         raise ValueError("select_by_inner_split needs at least one candidate")
     halves = image_halves(boxes, seed)
