@@ -39,6 +39,8 @@ SHRINK = {
     ("--k", "9"): "4",
     ("--k-max", "16"): "4",
     ("--jitter", "64"): "4",
+    ("--jitter", "128"): "4",
+    ("--fits", "4"): "2",
     ("--max-shapes-per-level", "128"): "8",
     ("--set", "train.max_iters=600"): "train.max_iters=2",
     ("--set", "train.eval_every=600"): "train.eval_every=2",
