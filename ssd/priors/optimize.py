@@ -473,27 +473,6 @@ def _level_variants(shapes: np.ndarray, step: float, image_size: int) -> np.ndar
     return np.unique(np.round(var, 2), axis=0)
 
 
-def _jittered(
-    boxes_px: np.ndarray,
-    copies: int,
-    amplitude: float,
-    image_size: int,
-    rng: np.random.Generator,
-    scale_sigma: float = 0.0,
-) -> np.ndarray:
-    """The boxes [N, 4] (xyxy input pixels) plus `copies` - 1 copies shifted by a uniform offset
-    in [-amplitude, amplitude] in x and y and, with `scale_sigma` > 0, with w and h each scaled
-    by exp(N(0, scale_sigma^2)) about the centre (`translate_inside`: slid back inside the
-    image; degenerate ones dropped).
-
-    Where a box falls relative to the cell centres of the fine levels is chance; evaluating a
-    few phases per box estimates the *expected* grid IoU of a shape instead of fitting the
-    offsets of the particular training boxes. The size noise does the same for the shapes (a
-    kernel estimate of the shape distribution): priors fitted to exactly the training shapes
-    generalise worse, most of all for the few, varied small boxes."""
-    return _jittered_index(boxes_px, copies, amplitude, image_size, rng, scale_sigma)[0]
-
-
 def _jittered_index(
     boxes_px: np.ndarray,
     copies: int,
@@ -502,7 +481,16 @@ def _jittered_index(
     rng: np.random.Generator,
     scale_sigma: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`_jittered` and [M] the index of the box every point is a copy of."""
+    """The boxes [N, 4] (xyxy input pixels) plus `copies` - 1 copies shifted by a uniform offset
+    in [-amplitude, amplitude] in x and y and, with `scale_sigma` > 0, with w and h each scaled
+    by exp(N(0, scale_sigma^2)) about the centre (`translate_inside`: slid back inside the
+    image; degenerate ones dropped), and [M] the index of the box every point is a copy of.
+
+    Where a box falls relative to the cell centres of the fine levels is chance; evaluating a
+    few phases per box estimates the *expected* grid IoU of a shape instead of fitting the
+    offsets of the particular training boxes. The size noise does the same for the shapes (a
+    kernel estimate of the shape distribution): priors fitted to exactly the training shapes
+    generalise worse, most of all for the few, varied small boxes."""
     out, source = [boxes_px], [np.arange(boxes_px.shape[0])]
     half = 0.5 * (boxes_px[:, 2:] - boxes_px[:, :2])
     for _ in range(copies - 1):
