@@ -182,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
         "the fitting images (fit on one half, score on the other, both ways) is used",
     )
     o.add_argument(
+        "--local-search",
+        action="store_const",
+        const=True,
+        help="coverage: after the greedy, add and swap shapes while a move raises the objective by "
+        "more than the smallest gain the greedy accepts",
+    )
+    o.add_argument(
         "--fits",
         type=int,
         help="coverage: fit N times (seeds SEED .. SEED+N-1: other jittered samples and k-means "
@@ -569,6 +576,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         "balance": args.balance,
         "balance_power": args.balance_power,
         "fits": args.fits,
+        "local_search": args.local_search,
     }
     given = sorted(k for k, v in optional.items() if v is not None)
     if args.method != "coverage" and given:
@@ -664,14 +672,22 @@ def cmd_optimize(args: argparse.Namespace) -> int:
                 )
                 + f" -> {chosen_by.options['balance_power']:g}"
             )
-        fits = res.info.details_dict().get("fits") if args.method == "coverage" else None
+        details = res.info.details_dict()
+        moves = details.get("local_search") if args.method == "coverage" else None
+        if moves is not None:
+            swaps = sum(m["move"] == "swap" for m in moves)
+            print(
+                f"local search: {swaps} swaps, {len(moves) - swaps} additions, objective on the "
+                f"sample +{sum(m['improvement'] for m in moves):.4f} (to {details['objective']:.4f})"
+            )
+        fits = details.get("fits") if args.method == "coverage" else None
         if fits:
             print(
                 "fits (seed: objective on its own sample / on an independent sample): "
                 + ", ".join(
                     f"{f['seed']}: {f['sample_objective']:.4f} / {f['holdout_objective']:.4f}" for f in fits
                 )
-                + f" -> seed {res.info.details_dict()['fit_seed']}"
+                + f" -> seed {details['fit_seed']}"
             )
         print(f"fit on the training boxes ({source}):")
         print(fit_table_markdown(reports))

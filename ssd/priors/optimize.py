@@ -636,6 +636,43 @@ def _build_candidates(
     )
 
 
+def _gain_rows(
+    m: np.ndarray,
+    cur: np.ndarray,
+    hit: np.ndarray,
+    threshold: float,
+    iou_weight: float,
+    wts: np.ndarray | None,
+) -> np.ndarray:
+    """[b] gain in F = (weighted) recall@threshold + iou_weight x mean IoU of adding each row of
+    `m` [b, N] (best IoU of every sample point over a candidate's priors) to a selection whose
+    points have best IoU `cur` [N] and are hit (`hit` [N], IoU >= threshold) already; `wts` [N]
+    weights of mean 1 (None: all 1)."""
+    n = m.shape[1]
+    new = (m >= threshold) & ~hit[None, :]
+    better = np.maximum(m - cur[None, :], 0.0)
+    if wts is None:
+        out: np.ndarray = (new.sum(axis=1) + iou_weight * better.sum(axis=1, dtype=np.float64)) / n
+        return out
+    new_w, better_w = (new @ wts).astype(np.float64), (better @ wts).astype(np.float64)
+    weighted: np.ndarray = (new_w + iou_weight * better_w) / n
+    return weighted
+
+
+def _trace_entry(cands: _Candidates, c: int, gain: float, priors: int) -> dict[str, Any]:
+    """What a selection records of candidate `c`: level, shape, sub-grid, checkerboard, the gain
+    in the objective it was chosen for, and its priors."""
+    assert cands.grid is not None and cands.checker is not None
+    return {
+        "level": int(cands.level[c]),
+        "shape": [float(x) for x in cands.shape[c]],
+        "subgrid": [int(v) for v in cands.grid[c]],
+        "checkerboard": bool(cands.checker[c]),
+        "gain": gain,
+        "priors": priors,
+    }
+
+
 def _greedy(
     cands: _Candidates,
     level_cost: np.ndarray,
@@ -671,16 +708,7 @@ def _greedy(
     wts = None if weights is None else (np.asarray(weights, np.float64) / np.mean(weights)).astype(np.float32)
 
     def gains(idx: np.ndarray) -> np.ndarray:
-        m = cands.iou[idx]  # [b, N]
-        if wts is not None:
-            new_w = ((m >= threshold) & ~hit[None, :]) @ wts
-            better_w = np.maximum(m - cur[None, :], 0.0) @ wts
-            weighted: np.ndarray = (new_w.astype(np.float64) + iou_weight * better_w.astype(np.float64)) / n
-            return weighted
-        new_hits = ((m >= threshold) & ~hit[None, :]).sum(axis=1)
-        better = np.maximum(m - cur[None, :], 0.0).sum(axis=1, dtype=np.float64)
-        out: np.ndarray = (new_hits + iou_weight * better) / n
-        return out
+        return _gain_rows(cands.iou[idx], cur, hit, threshold, iou_weight, wts)
 
     if wts is None:
         upper = (
@@ -706,17 +734,7 @@ def _greedy(
         spent += int(cost[c])
         np.maximum(cur, cands.iou[c], out=cur)
         hit[:] |= cands.iou[c] >= threshold
-        assert cands.grid is not None
-        trace.append(
-            {
-                "level": lvl,
-                "shape": [float(x) for x in cands.shape[c]],
-                "subgrid": [int(v) for v in cands.grid[c]],
-                "checkerboard": bool(cands.checker is not None and cands.checker[c]),
-                "gain": g,
-                "priors": int(cost[c]),
-            }
-        )
+        trace.append(_trace_entry(cands, c, g, int(cost[c])))
 
     while True:
         slack = budget - spent - int(level_cost[~filled].sum())
@@ -756,6 +774,122 @@ def _greedy(
     return chosen, score, trace
 
 
+def _local_search(
+    cands: _Candidates,
+    chosen: Sequence[int],
+    level_cost: np.ndarray,
+    budget: int,
+    max_per_level: np.ndarray,
+    threshold: float,
+    iou_weight: float,
+    min_gain: float,
+    weights: np.ndarray | None = None,
+    batch: int = 64,
+) -> tuple[list[int], float, list[dict[str, Any]], dict[int, dict[str, Any]]]:
+    """Steepest-ascent local search from the selection `chosen` on the objective of `_greedy`
+    (same budget, caps `max_per_level`, weights): a move adds a feasible candidate or swaps a
+    chosen one for another (the swap keeps every level non-empty), and the best move is made
+    while it raises F by more than `min_gain`, the smallest gain the greedy accepts. Returns
+    the selection, its F and the moves made ("add" or "swap"; "in" and "out" as in the greedy's
+    trace, "gain" the candidate's marginal gain in the selection it joins or leaves, and the
+    "improvement" in F), and the "in" entry of every candidate a move brought in.
+
+    Greedy by gain / cost commits to its early choices: a shape taken first for the points no
+    other covered yet may, once later shapes cover most of them, be worth less than a shape
+    it crowded out. Every move raises F by more than `min_gain`, so the search ends. Bounds
+    keep it cheap: a swap of c for c' gains at most gain(c' | S) (F is monotone) and at most
+    gain(c' | {}) - loss(c) (F is submodular), so only candidates whose bound beats the best
+    move so far are evaluated."""
+    n = int(cands.iou.shape[1])
+    wts = None if weights is None else (np.asarray(weights, np.float64) / np.mean(weights)).astype(np.float32)
+    count = cands.count
+    level = cands.level
+    cost = level_cost[level] * count
+    c_count = level.size
+    zero_cur, zero_hit = np.zeros(n, np.float32), np.zeros(n, bool)
+
+    def gains(idx: np.ndarray, cur: np.ndarray, hit: np.ndarray) -> np.ndarray:
+        out = np.empty(idx.size, np.float64)
+        for s in range(0, idx.size, 256):
+            part = idx[s : s + 256]
+            out[s : s + part.size] = _gain_rows(cands.iou[part], cur, hit, threshold, iou_weight, wts)
+        return out
+
+    def value(cur: np.ndarray) -> float:
+        hit = cur >= threshold
+        if wts is None:
+            return (int(hit.sum()) + iou_weight * float(cur.astype(np.float64).sum())) / n
+        return (float(hit @ wts) + iou_weight * float(cur @ wts)) / n
+
+    standalone = gains(np.arange(c_count), zero_cur, zero_hit)
+    sel = [int(c) for c in chosen]
+    moves: list[dict[str, Any]] = []
+    entries: dict[int, dict[str, Any]] = {}
+    while True:
+        rows = cands.iou[sel]  # [k, N]
+        arg = rows.argmax(axis=0)
+        best = rows[arg, np.arange(n)]
+        rest = rows.copy()
+        rest[arg, np.arange(n)] = 0.0
+        second = rest.max(axis=0)
+        f_now = value(best)
+        taken = np.zeros(c_count, bool)
+        taken[sel] = True
+        spent = int(cost[sel].sum())
+        per_level = np.bincount(level[sel], weights=count[sel], minlength=level_cost.size).astype(np.int64)
+        shapes_on = np.bincount(level[sel], minlength=level_cost.size)
+        free = np.flatnonzero(~taken)
+        g_now = np.full(c_count, -np.inf)
+        g_now[free] = gains(free, best, best >= threshold)
+        pool = np.flatnonzero(g_now > min_gain)
+        if pool.size == 0:
+            break
+        cap = max_per_level[level[pool]]
+        fits = (spent + cost[pool] <= budget) & (per_level[level[pool]] + count[pool] <= cap)
+        if fits.any():
+            j = int(pool[fits][np.argmax(g_now[pool[fits]])])
+            sel.append(j)
+            gain = float(g_now[j])
+            entries[j] = _trace_entry(cands, j, gain, int(cost[j]))
+            moves.append({"move": "add", "in": entries[j], "improvement": gain})
+            continue
+        best_gain, best_move = float(min_gain), None
+        removed = [np.where(arg == i, second, best) for i in range(len(sel))]
+        losses = np.array([f_now - value(cur) for cur in removed])
+        for i in np.argsort(losses, kind="stable"):
+            c = sel[i]
+            same = level[pool] == level[c]
+            room = per_level[level[pool]] - np.where(same, count[c], 0) + count[pool] <= cap
+            ok = (spent - cost[c] + cost[pool] <= budget) & room & (same | (shapes_on[level[c]] > 1))
+            bound = np.minimum(g_now[pool], standalone[pool] - losses[i])
+            ok &= bound > best_gain
+            order = np.argsort(-bound[ok], kind="stable")
+            idx_all, bound_all = pool[ok][order], bound[ok][order]
+            cur = removed[i]
+            for s in range(0, idx_all.size, batch):
+                if bound_all[s] <= best_gain:
+                    break
+                idx = idx_all[s : s + batch]
+                imp = gains(idx, cur, cur >= threshold) - losses[i]
+                j = int(np.argmax(imp))
+                if imp[j] > best_gain:
+                    best_gain, best_move = float(imp[j]), (int(i), int(idx[j]))
+        if best_move is None:
+            break
+        i, j = best_move
+        entries[j] = _trace_entry(cands, j, best_gain + float(losses[i]), int(cost[j]))
+        moves.append(
+            {
+                "move": "swap",
+                "out": _trace_entry(cands, sel[i], float(losses[i]), int(cost[sel[i]])),
+                "in": entries[j],
+                "improvement": best_gain,
+            }
+        )
+        sel[i] = j
+    return sel, value(cands.iou[sel].max(axis=0)), moves, entries
+
+
 def coverage_priors(
     boxes: BoxSet,
     feature_maps: Sequence[int],
@@ -779,6 +913,7 @@ def coverage_priors(
     checkerboards: bool = False,
     balance: Balance | None = None,
     balance_power: float = 1.0,
+    local_search: bool = False,
 ) -> tuple[list[list[Entry]], dict[str, Any]]:
     """Coverage-optimised priors (ours): per level shape-form entries (input pixels: (w, h), or
     (w, h, dx, dy) for a shape at a sub-cell offset) plus a description.
@@ -809,6 +944,8 @@ def coverage_priors(
        the run with the highest F (then fewest priors) wins. With `balance` ("class" or "size")
        the sample points of a box weigh `balance_weights(sample, balance, balance_power)` in F,
        so rare groups count for more than their share of the training boxes.
+    5. With `local_search`, the winning selection is improved by adding and swapping candidates
+       (`_local_search`) while a move raises F by more than `min_gain`.
 
     `info` holds the budget, the runs (alpha, cap, F, priors), the chosen (level, shape) pairs
     with their marginal gains, and recall / mean IoU over the sample points.
@@ -886,7 +1023,18 @@ def coverage_priors(
                 if best is None or (score, -priors) > (best[0], -best[1]):
                     best = (score, priors, float(alpha), chosen, trace)
     assert best is not None
-    _, priors, alpha, chosen, trace = best
+    score, priors, alpha, chosen, trace = best
+    moves: list[dict[str, Any]] | None = None
+    if local_search:
+        caps = np.full(num_levels, max_shapes_per_level, np.int64)
+        found = dict(zip(chosen, trace))
+        chosen, score, moves, entries = _local_search(
+            cands, chosen, level_cost, budget, caps, iou_threshold, iou_weight, min_gain, weights
+        )
+        found.update(entries)
+        trace = [found[c] for c in chosen]
+        priors = int((level_cost[cands.level[chosen]] * cands.count[chosen]).sum())
+        log.info("coverage: local search made %d moves, objective %.4f -> %.4f", len(moves), best[0], score)
     levels: list[list[Entry]] = [[] for _ in range(num_levels)]
     for c in chosen:
         levels[int(cands.level[c])].extend(cands.entries(c))
@@ -906,6 +1054,8 @@ def coverage_priors(
         **({} if balance is None else {"balance": balance, "balance_power": float(balance_power)}),
         "alpha": alpha,
         "runs": runs,
+        "objective": score,
+        **({} if moves is None else {"local_search": moves}),
         "sample_points": int(points.shape[0]),
         "sample_recall": float((best_iou >= iou_threshold).mean()),
         "sample_mean_iou_grid": float(best_iou.mean()),
@@ -1046,6 +1196,7 @@ def optimize_coverage(
     balance: Balance | None = None,
     balance_power: float = 1.0,
     fits: int = 1,
+    local_search: bool = False,
 ) -> OptimizeResult:
     """Our coverage optimizer (`coverage_priors`) fitted to `boxes` within `max_priors` (default:
     the base's number of priors), as a shape-form config. `subgrids`: the sub-grids a shape may
@@ -1092,6 +1243,7 @@ def optimize_coverage(
             checkerboards=checkerboards,
             balance=balance,
             balance_power=balance_power,
+            local_search=local_search,
         )
         res = _result(base, levels, info)
         if res.grid.num_priors > budget:  # pragma: no cover - greedy invariant
@@ -1132,8 +1284,9 @@ def optimize_coverage(
 
 
 def _sample_objective(details: Mapping[str, Any]) -> float:
-    """The objective the greedy reached on its own sample (its best run's)."""
-    return max(float(run["objective"]) for run in details["runs"])
+    """The objective the fit reached on its own sample (the greedy's best run, after the local
+    search with it)."""
+    return float(details["objective"])
 
 
 # Stream of the evaluation sample of `holdout_objective`: a SeedSequence of (seed, this) never

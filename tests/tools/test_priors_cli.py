@@ -328,3 +328,20 @@ def test_optimize_fits_option(dataset: dict[str, Path], capsys: pytest.CaptureFi
     )
     assert main([*base, "--out", str(out), "--method", "kmeans", "--fits", "2"]) == 2
     assert "--fits applies to --method coverage only" in capsys.readouterr().err
+
+
+def test_optimize_local_search_option(dataset: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["optimize", "--config", str(dataset["cfg"]), "--sample-size", "400", "--restarts", "1"]
+    out = dataset["tmp"] / "searched.yaml"
+    plain = run(capsys, [*base, "--out", str(out)])
+    res = run(capsys, [*base, "--out", str(out), "--local-search"])
+    moves = res["info"]["local_search"]
+    assert "local_search" not in plain["info"] and res["info"]["runs"] == plain["info"]["runs"]
+    assert res["info"]["objective"] == pytest.approx(
+        plain["info"]["objective"] + sum(m["improvement"] for m in moves)
+    )
+    assert res["num_priors"] <= 24564 and load_config(out).priors.shapes
+    assert main([*base, "--out", str(out), "--local-search"]) == 0
+    assert "local search: " in capsys.readouterr().out
+    assert main([*base, "--out", str(out), "--method", "kmeans", "--local-search"]) == 2
+    assert "--local-search applies to --method coverage only" in capsys.readouterr().err
