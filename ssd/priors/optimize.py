@@ -1214,7 +1214,8 @@ def optimize_coverage(
     features, and most for the fine-level choices a few small boxes decide; scoring every fit
     on a fresh sample removes that bias (the sample average approximation of stochastic
     programming: solve on several samples, choose on another). The details record every fit's
-    seed, priors and both objectives under "fits"."""
+    seed, priors and both objectives under "fits" (and, with `local_search`, how many moves the
+    search made in each fit)."""
     _check_space(boxes, base)
     if fits < 1:
         raise ValueError(f"fits must be >= 1, got {fits}")
@@ -1274,6 +1275,7 @@ def optimize_coverage(
             "num_priors": r.grid.num_priors,
             "sample_objective": _sample_objective(r.info.details_dict()),
             "holdout_objective": scores[k],
+            **({"local_search_moves": len(r.info.details_dict()["local_search"])} if local_search else {}),
         }
         for k, r in enumerate(results)
     ]

@@ -674,6 +674,9 @@ def test_coverage_local_search_starts_from_the_greedy_and_keeps_the_budget() -> 
     assert searched.grid.num_priors <= 105 and d["num_priors"] == searched.grid.num_priors
     assert sum(c["priors"] for c in d["chosen"]) == searched.grid.num_priors  # the trace is the final set
     assert searched.priors.shapes != greedy.priors.shapes
+    first = optimize_priors(boxes, SMALL, method="coverage", local_search=True, fits=2, **opts).info.details
+    record = first["fits"][0]  # seed 1: the fit above
+    assert record["local_search_moves"] == len(moves) and record["sample_objective"] == d["objective"]
 
 
 def test_fits_keep_the_fit_with_the_best_objective_on_an_independent_sample() -> None:
