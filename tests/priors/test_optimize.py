@@ -653,15 +653,17 @@ def test_objective_on_points_matches_brute_force_iou() -> None:
         assert op.objective_on_points(grid, boxes, 0.5, 0.2, w) == pytest.approx(expected, rel=1e-6)
 
 
+# A small coverage problem (SMALL's layout plus 20 priors of room) for the spots_and_blobs sets.
+SMALL_FIT: dict[str, object] = {
+    "max_priors": 64 + 16 + 4 + 1 + 20,
+    "sample_size": 1600,
+    "max_shapes_per_level": 8,
+}
+
+
 def test_coverage_local_search_starts_from_the_greedy_and_keeps_the_budget() -> None:
     boxes = spots_and_blobs(200, seed=5)
-    opts: dict[str, object] = {
-        "max_priors": 64 + 16 + 4 + 1 + 20,
-        "sample_size": 1600,
-        "max_shapes_per_level": 8,
-        "balance": "size",
-        "seed": 1,
-    }
+    opts = {**SMALL_FIT, "balance": "size", "seed": 1}
     greedy = optimize_priors(boxes, SMALL, method="coverage", **opts)
     searched = optimize_priors(boxes, SMALL, method="coverage", local_search=True, **opts)
     g, d = greedy.info.details, searched.info.details
@@ -681,11 +683,7 @@ def test_coverage_local_search_starts_from_the_greedy_and_keeps_the_budget() -> 
 
 def test_fits_keep_the_fit_with_the_best_objective_on_an_independent_sample() -> None:
     boxes = spots_and_blobs(200, seed=5)
-    opts: dict[str, object] = {
-        "max_priors": 64 + 16 + 4 + 1 + 20,
-        "sample_size": 1600,
-        "max_shapes_per_level": 8,
-    }
+    opts = SMALL_FIT
     res = optimize_priors(boxes, SMALL, method="coverage", balance="size", fits=3, seed=4, **opts)
     fits = res.info.details["fits"]
     assert [f["seed"] for f in fits] == [4, 5, 6]
