@@ -659,6 +659,15 @@ def _gain_rows(
     return weighted
 
 
+def _objective(cur: np.ndarray, threshold: float, iou_weight: float, wts: np.ndarray | None) -> float:
+    """F = (weighted) recall@threshold + iou_weight x mean IoU of sample points whose best IoU
+    over a selection is `cur` [N]; `wts` [N] weights of mean 1 (None: all 1)."""
+    hit = cur >= threshold
+    if wts is None:
+        return (int(hit.sum()) + iou_weight * float(cur.astype(np.float64).sum())) / cur.size
+    return (float(hit @ wts) + iou_weight * float(cur @ wts)) / cur.size
+
+
 def _trace_entry(cands: _Candidates, c: int, gain: float, priors: int) -> dict[str, Any]:
     """What a selection records of candidate `c`: level, shape, sub-grid, checkerboard, the gain
     in the objective it was chosen for, and its priors."""
@@ -767,11 +776,7 @@ def _greedy(
         g = gains(idx)
         key = np.lexsort((-standalone[idx], -g))
         select(int(idx[key[0]]), float(g[key[0]]))
-    if wts is None:
-        score = (int(hit.sum()) + iou_weight * float(cur.astype(np.float64).sum())) / n
-    else:
-        score = (float(hit @ wts) + iou_weight * float(cur @ wts)) / n
-    return chosen, score, trace
+    return chosen, _objective(cur, threshold, iou_weight, wts), trace
 
 
 def _local_search(
@@ -816,10 +821,7 @@ def _local_search(
         return out
 
     def value(cur: np.ndarray) -> float:
-        hit = cur >= threshold
-        if wts is None:
-            return (int(hit.sum()) + iou_weight * float(cur.astype(np.float64).sum())) / n
-        return (float(hit @ wts) + iou_weight * float(cur @ wts)) / n
+        return _objective(cur, threshold, iou_weight, wts)
 
     standalone = gains(np.arange(c_count), zero_cur, zero_hit)
     sel = [int(c) for c in chosen]
