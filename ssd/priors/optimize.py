@@ -668,6 +668,31 @@ def _objective(cur: np.ndarray, threshold: float, iou_weight: float, wts: np.nda
     return (float(hit @ wts) + iou_weight * float(cur @ wts)) / cur.size
 
 
+def _unit_weights(weights: np.ndarray | None) -> np.ndarray | None:
+    """Point weights scaled to mean 1 (float32), or None for all alike."""
+    if weights is None:
+        return None
+    out: np.ndarray = (np.asarray(weights, np.float64) / np.mean(weights)).astype(np.float32)
+    return out
+
+
+def _standalone_gains(
+    cands: _Candidates, threshold: float, iou_weight: float, wts: np.ndarray | None
+) -> np.ndarray:
+    """[C] gain of every candidate added to an empty selection (`_gain_rows` from nothing): an
+    upper bound of its gain in any selection, F being submodular."""
+    n = cands.iou.shape[1]
+    if wts is None:
+        alone: np.ndarray = (
+            (cands.iou >= threshold).sum(axis=1) + iou_weight * cands.iou.sum(axis=1, dtype=np.float64)
+        ) / n
+        return alone
+    weighted: np.ndarray = (((cands.iou >= threshold) @ wts) + iou_weight * (cands.iou @ wts)).astype(
+        np.float64
+    ) / n
+    return weighted
+
+
 def _trace_entry(cands: _Candidates, c: int, gain: float, priors: int) -> dict[str, Any]:
     """What a selection records of candidate `c`: level, shape, sub-grid, checkerboard, the gain
     in the objective it was chosen for, and its priors."""
@@ -694,6 +719,7 @@ def _greedy(
     batch: int = 32,
     allowed: np.ndarray | None = None,
     weights: np.ndarray | None = None,
+    standalone: np.ndarray | None = None,
 ) -> tuple[list[int], float, list[dict[str, Any]]]:
     """Lazy greedy (Minoux) maximisation of F = recall@t + iou_weight * mean IoU over the sample
     points, choosing at each step the feasible candidate with the largest gain / cost^alpha.
@@ -704,8 +730,9 @@ def _greedy(
     (nx, ny) costs nx * ny shapes of its level. Feasible: the priors of the chosen shapes plus
     one shape for every level still empty fit in `budget`, and at most `max_per_level[l]` shapes
     on level l; `allowed` [C] (default all) masks candidates out. `weights` [N] (default all
-    equal) weighs the sample points in both terms of F (normalised to mean 1). Levels left
-    empty get their best single shape at the end."""
+    equal) weighs the sample points in both terms of F (normalised to mean 1). `standalone`:
+    `_standalone_gains` of these candidates and weights, when the caller has it already. Levels
+    left empty get their best single shape at the end."""
     c_count, n = cands.iou.shape
     num_levels = level_cost.shape[0]
     count = cands.count
@@ -714,18 +741,14 @@ def _greedy(
     cur = np.zeros(n, np.float32)
     hit = np.zeros(n, bool)
 
-    wts = None if weights is None else (np.asarray(weights, np.float64) / np.mean(weights)).astype(np.float32)
+    wts = _unit_weights(weights)
 
     def gains(idx: np.ndarray) -> np.ndarray:
         return _gain_rows(cands.iou[idx], cur, hit, threshold, iou_weight, wts)
 
-    if wts is None:
-        upper = (
-            (cands.iou >= threshold).sum(axis=1) + iou_weight * cands.iou.sum(axis=1, dtype=np.float64)
-        ) / n
-    else:
-        upper = (((cands.iou >= threshold) @ wts) + iou_weight * (cands.iou @ wts)).astype(np.float64) / n
-    standalone = upper.copy()
+    if standalone is None:
+        standalone = _standalone_gains(cands, threshold, iou_weight, wts)
+    upper = standalone.copy()
     taken = np.zeros(c_count, bool) if allowed is None else ~np.asarray(allowed, bool)
     per_level = np.zeros(num_levels, np.int64)
     filled = np.zeros(num_levels, bool)
@@ -789,6 +812,7 @@ def _local_search(
     iou_weight: float,
     min_gain: float,
     weights: np.ndarray | None = None,
+    standalone: np.ndarray | None = None,
     batch: int = 64,
 ) -> tuple[list[int], float, list[dict[str, Any]], dict[int, dict[str, Any]]]:
     """Steepest-ascent local search from the selection `chosen` on the objective of `_greedy`
@@ -804,14 +828,13 @@ def _local_search(
     it crowded out. Every move raises F by more than `min_gain`, so the search ends. Bounds
     keep it cheap: a swap of c for c' gains at most gain(c' | S) (F is monotone) and at most
     gain(c' | {}) - loss(c) (F is submodular), so only candidates whose bound beats the best
-    move so far are evaluated."""
+    move so far are evaluated. `standalone` as in `_greedy`."""
     n = int(cands.iou.shape[1])
-    wts = None if weights is None else (np.asarray(weights, np.float64) / np.mean(weights)).astype(np.float32)
+    wts = _unit_weights(weights)
     count = cands.count
     level = cands.level
     cost = level_cost[level] * count
     c_count = level.size
-    zero_cur, zero_hit = np.zeros(n, np.float32), np.zeros(n, bool)
 
     def gains(idx: np.ndarray, cur: np.ndarray, hit: np.ndarray) -> np.ndarray:
         out = np.empty(idx.size, np.float64)
@@ -823,7 +846,8 @@ def _local_search(
     def value(cur: np.ndarray) -> float:
         return _objective(cur, threshold, iou_weight, wts)
 
-    standalone = gains(np.arange(c_count), zero_cur, zero_hit)
+    if standalone is None:
+        standalone = _standalone_gains(cands, threshold, iou_weight, wts)
     sel = [int(c) for c in chosen]
     moves: list[dict[str, Any]] = []
     entries: dict[int, dict[str, Any]] = {}
@@ -985,6 +1009,8 @@ def coverage_priors(
     log.info(
         "coverage: %d sample boxes, %d candidate (level, shape) pairs", sample.num_boxes, cands.level.size
     )
+    # the gain of every candidate alone: the greedy's first bounds in every run, the search's too
+    standalone = _standalone_gains(cands, iou_threshold, iou_weight, _unit_weights(weights))
     best: tuple[float, int, float, list[int], list[dict[str, Any]]] | None = None
     runs = []
     # Partial enumeration of the costliest level: greedy by gain / cost^alpha is blind to how a
@@ -1011,6 +1037,7 @@ def coverage_priors(
                     min_gain,
                     allowed=allowed,
                     weights=weights,
+                    standalone=standalone,
                 )
                 priors = int((level_cost[cands.level[chosen]] * cands.count[chosen]).sum())
                 runs.append(
@@ -1031,7 +1058,7 @@ def coverage_priors(
         caps = np.full(num_levels, max_shapes_per_level, np.int64)
         found = dict(zip(chosen, trace))
         chosen, score, moves, entries = _local_search(
-            cands, chosen, level_cost, budget, caps, iou_threshold, iou_weight, min_gain, weights
+            cands, chosen, level_cost, budget, caps, iou_threshold, iou_weight, min_gain, weights, standalone
         )
         found.update(entries)
         trace = [found[c] for c in chosen]
